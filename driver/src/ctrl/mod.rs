@@ -1,0 +1,1063 @@
+//! Controller life cycle and the admin interface.
+//!
+//! [`Controller::open`] brings a controller up in the spec's order, every wait bounded by CAP.TO:
+//! disable and wait for RDY=0, program the admin queue, enable and wait for RDY=1, Identify
+//! Controller, Doorbell Buffer Config (shadow doorbells, when OACS offers them), Set Features
+//! Number of Queues, Asynchronous Event Configuration and AERs, then the active namespaces.
+//!
+//! The admin queue belongs to the control plane. [`Controller::service`] is its periodic step:
+//! it reaps admin completions and delivers async events, checks health (CSTS.CFS, all-ones reads,
+//! removal requests), aborts timed-out commands reported by queue pairs and resets the controller
+//! when an abort fails, and deletes the queues of dropped queue pairs. Call it from one thread
+//! (a control-plane thread, see [`ControlPlane`]) every few milliseconds.
+//!
+//! A reset disables the controller (which deletes every queue inside the device — no Delete
+//! command is sent to a controller being reset), starts a new epoch so that queue pairs fail what
+//! they had in flight, brings the admin queue back and re-creates every I/O queue with the same
+//! memory.
+
+mod admin;
+pub mod state;
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use vfnvme_hugepages::{DmaBuf, DmaPool, DomainId};
+use zerocopy::FromBytes;
+
+use crate::pci::PciFunction;
+use crate::qpair::ring::{Rings, ShadowPages, CQE_SIZE, SQE_SIZE};
+use crate::qpair::{NsInfo, QueueOptions, QueuePair, QueueSetup};
+use crate::spec::features::{aec, fid, NumberOfQueues};
+use crate::spec::identify::{
+    cns, parse_ns_descriptors, parse_nsid_list, IdentifyController, IdentifyNamespace,
+    NsIdentifier,
+};
+use crate::spec::log::AsyncEvent;
+use crate::spec::regs::{self, offset, Aqa, Cap, Cc, Csts, ALL_ONES_32};
+use crate::spec::{AdminOpcode, Sqe, Status};
+use admin::{AdminQueue, Wait};
+pub use state::{CtrlShared, CtrlState};
+
+/// Errors from controller bring-up, admin commands and queue creation. Each names the controller.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Registers read all-ones or the function reported removal.
+    #[error("{ctrl}: device is gone")]
+    DeviceGone {
+        /// Controller.
+        ctrl: Arc<str>,
+    },
+    /// A register handshake did not finish in time.
+    #[error("{ctrl}: timed out after {waited_ms} ms waiting for {what}")]
+    Timeout {
+        /// Controller.
+        ctrl: Arc<str>,
+        /// What was awaited (e.g. "CSTS.RDY = 1").
+        what: &'static str,
+        /// How long.
+        waited_ms: u64,
+    },
+    /// The controller reported a fatal status (CSTS.CFS).
+    #[error("{ctrl}: controller fatal status (CSTS.CFS) during {during}")]
+    Fatal {
+        /// Controller.
+        ctrl: Arc<str>,
+        /// The step.
+        during: &'static str,
+    },
+    /// An admin command completed with an error status.
+    #[error("{ctrl}: admin {opcode} failed: {status}")]
+    Admin {
+        /// Controller.
+        ctrl: Arc<str>,
+        /// The command.
+        opcode: AdminOpcode,
+        /// Its status.
+        status: Status,
+    },
+    /// An admin command got no completion in time.
+    #[error("{ctrl}: admin {opcode} timed out after {timeout_ms} ms")]
+    AdminTimeout {
+        /// Controller.
+        ctrl: Arc<str>,
+        /// The command.
+        opcode: AdminOpcode,
+        /// The limit.
+        timeout_ms: u64,
+    },
+    /// The controller is not in a state that allows the operation.
+    #[error("{ctrl}: controller is {state}")]
+    NotReady {
+        /// Controller.
+        ctrl: Arc<str>,
+        /// Its state.
+        state: CtrlState,
+    },
+    /// Every I/O queue id the controller granted is in use.
+    #[error("{ctrl}: no free I/O queue (the controller granted {granted})")]
+    NoQueues {
+        /// Controller.
+        ctrl: Arc<str>,
+        /// Queues granted by Set Features Number of Queues.
+        granted: u16,
+    },
+    /// Data the device returned does not parse.
+    #[error("{ctrl}: malformed {what} from device")]
+    BadData {
+        /// Controller.
+        ctrl: Arc<str>,
+        /// What.
+        what: &'static str,
+    },
+    /// DMA memory could not be allocated or mapped.
+    #[error("{ctrl}: DMA memory")]
+    Dma {
+        /// Controller.
+        ctrl: Arc<str>,
+        /// The cause.
+        #[source]
+        source: vfnvme_hugepages::Error,
+    },
+    /// The bus backend failed.
+    #[error(transparent)]
+    Pci(#[from] crate::pci::Error),
+}
+
+/// Options for [`Controller::open`].
+#[derive(Clone, Copy, Debug)]
+pub struct ControllerOptions {
+    /// Admin queue entries.
+    pub admin_queue_size: u16,
+    /// I/O queue pairs to ask for with Set Features Number of Queues.
+    pub io_queues: u16,
+    /// Use shadow doorbells when the controller offers Doorbell Buffer Config.
+    pub shadow_doorbells: bool,
+    /// Limit for one admin command.
+    pub admin_timeout: Duration,
+    /// Arm asynchronous event requests.
+    pub async_events: bool,
+}
+
+impl Default for ControllerOptions {
+    fn default() -> Self {
+        ControllerOptions {
+            admin_queue_size: 32,
+            io_queues: 64,
+            shadow_doorbells: true,
+            admin_timeout: Duration::from_secs(10),
+            async_events: true,
+        }
+    }
+}
+
+/// A namespace as the controller reports it.
+#[derive(Clone, Debug)]
+pub struct Namespace {
+    /// What a queue pair needs.
+    pub info: NsInfo,
+    /// Identify Namespace data.
+    pub identify: Arc<IdentifyNamespace>,
+    /// Namespace identification descriptors (EUI64, NGUID, UUID, CSI).
+    pub ids: Vec<NsIdentifier>,
+}
+
+/// What the controller identified at bring-up.
+#[derive(Clone)]
+pub struct CtrlInfo {
+    /// CAP register.
+    pub cap: Cap,
+    /// Identify Controller data.
+    pub identify: Arc<IdentifyController>,
+    /// Active namespaces.
+    pub namespaces: Vec<Namespace>,
+    /// Largest transfer in bytes (`u64::MAX` if unlimited).
+    pub mdts_bytes: u64,
+    /// I/O queue pairs granted.
+    pub io_queues: u16,
+    /// Shadow doorbells in use.
+    pub shadow_doorbells: bool,
+}
+
+struct QueueRecord {
+    qid: u16,
+    size: u16,
+    sq: Arc<DmaBuf>,
+    cq: Arc<DmaBuf>,
+}
+
+#[derive(Default)]
+struct Queues {
+    live: Vec<QueueRecord>,
+}
+
+type EventHandler = Box<dyn FnMut(AsyncEvent) + Send>;
+
+struct Inner {
+    func: Arc<dyn PciFunction>,
+    pool: Arc<DmaPool>,
+    domain: DomainId,
+    shared: Arc<CtrlShared>,
+    opts: ControllerOptions,
+    cap: Cap,
+    admin: Mutex<AdminQueue>,
+    info: RwLock<Option<CtrlInfo>>,
+    queues: Mutex<Queues>,
+    shadow: Option<Arc<ShadowPages>>,
+    on_event: Mutex<Option<EventHandler>>,
+    events: Mutex<Vec<AsyncEvent>>,
+    /// Queue ids of dropped queue pairs, waiting for `service` to delete them.
+    released: Arc<Mutex<Vec<u16>>>,
+}
+
+/// An NVMe controller. Cheap to clone (a handle); the admin side is for the control plane.
+#[derive(Clone)]
+pub struct Controller {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("name", &self.name())
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+fn wait_for(
+    func: &dyn PciFunction,
+    name: &Arc<str>,
+    what: &'static str,
+    timeout: Duration,
+    mut done: impl FnMut(Csts) -> Result<bool, Error>,
+) -> Result<(), Error> {
+    let start = Instant::now();
+    loop {
+        let raw = func.read32(offset::CSTS);
+        if raw == ALL_ONES_32 {
+            return Err(Error::DeviceGone { ctrl: name.clone() });
+        }
+        if done(Csts::from(raw))? {
+            return Ok(());
+        }
+        if start.elapsed() >= timeout {
+            return Err(Error::Timeout {
+                ctrl: name.clone(),
+                what,
+                waited_ms: timeout.as_millis() as u64,
+            });
+        }
+        func.idle_poll();
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+impl Controller {
+    /// Brings up the controller behind `func`, mapping `pool` into its DMA domain.
+    ///
+    /// Waits are bounded by CAP.TO (for RDY) and `opts.admin_timeout` (per admin command).
+    ///
+    /// # Errors
+    /// [`Error::DeviceGone`] for all-ones registers, [`Error::Timeout`] for a handshake that does
+    /// not finish, [`Error::Fatal`] for CSTS.CFS, [`Error::Admin`]/[`Error::AdminTimeout`] for a
+    /// failed identify or feature command, [`Error::Dma`] for memory.
+    pub fn open(
+        func: Arc<dyn PciFunction>,
+        pool: Arc<DmaPool>,
+        opts: ControllerOptions,
+    ) -> Result<Controller, Error> {
+        let name: Arc<str> = func.name().into();
+        let dma = |source| Error::Dma {
+            ctrl: name.clone(),
+            source,
+        };
+        let mapper = func.dma_mapper();
+        let domain = mapper.domain();
+        pool.add_mapper(mapper).map_err(dma)?;
+        func.set_bus_master(true)?;
+        let cap_raw = func.read64(offset::CAP);
+        if cap_raw == u64::MAX {
+            return Err(Error::DeviceGone { ctrl: name });
+        }
+        let cap = Cap::from(cap_raw);
+        let dstrd = cap.dstrd();
+        let asize = opts
+            .admin_queue_size
+            .clamp(2, (cap.mqes() as u32 + 1).min(4096) as u16);
+        let asq = pool.alloc(asize as usize * SQE_SIZE, 4096).map_err(dma)?;
+        let acq = pool.alloc(asize as usize * CQE_SIZE, 4096).map_err(dma)?;
+        let rings = Rings::new(
+            func.clone(),
+            0,
+            asize,
+            Arc::new(asq),
+            Arc::new(acq),
+            regs::sq_tail_doorbell(0, dstrd),
+            regs::cq_head_doorbell(0, dstrd),
+            None,
+        );
+        let shadow = if opts.shadow_doorbells {
+            let stride = cap.doorbell_stride_bytes();
+            Some(Arc::new(ShadowPages {
+                shadow: pool.alloc(4096, 4096).map_err(dma)?,
+                eventidx: pool.alloc(4096, 4096).map_err(dma)?,
+                stride,
+            }))
+        } else {
+            None
+        };
+        let ctrl = Controller {
+            inner: Arc::new(Inner {
+                func,
+                pool,
+                domain,
+                shared: Arc::new(CtrlShared::new(name)),
+                opts,
+                cap,
+                admin: Mutex::new(AdminQueue::new(rings)),
+                info: RwLock::new(None),
+                queues: Mutex::new(Queues::default()),
+                shadow,
+                on_event: Mutex::new(None),
+                events: Mutex::new(Vec::new()),
+                released: Arc::new(Mutex::new(Vec::new())),
+            }),
+        };
+        match ctrl.bring_up(true) {
+            Ok(()) => {
+                ctrl.inner.shared.transition(CtrlState::Live, false);
+                Ok(ctrl)
+            }
+            Err(e) => {
+                let gone = matches!(e, Error::DeviceGone { .. });
+                ctrl.inner.shared.transition(
+                    if gone {
+                        CtrlState::Removed
+                    } else {
+                        CtrlState::Failed
+                    },
+                    true,
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Controller name (PCI address or simulated name).
+    pub fn name(&self) -> &Arc<str> {
+        &self.inner.shared.name
+    }
+
+    /// Current state.
+    pub fn state(&self) -> CtrlState {
+        self.inner.shared.state()
+    }
+
+    /// The state shared with queue pairs (for the multipath layer).
+    pub fn shared(&self) -> &Arc<CtrlShared> {
+        &self.inner.shared
+    }
+
+    /// The PCI function.
+    pub fn function(&self) -> &Arc<dyn PciFunction> {
+        &self.inner.func
+    }
+
+    /// The DMA domain of this controller.
+    pub fn domain(&self) -> DomainId {
+        self.inner.domain
+    }
+
+    /// The DMA pool mapped into this controller.
+    pub fn pool(&self) -> &Arc<DmaPool> {
+        &self.inner.pool
+    }
+
+    /// What bring-up identified.
+    ///
+    /// # Panics
+    /// Never after a successful `open`.
+    pub fn info(&self) -> CtrlInfo {
+        self.inner
+            .info
+            .read()
+            .unwrap()
+            .clone()
+            .expect("set by open")
+    }
+
+    /// Identify Controller data.
+    pub fn identify(&self) -> Arc<IdentifyController> {
+        self.info().identify
+    }
+
+    /// Active namespaces.
+    pub fn namespaces(&self) -> Vec<Namespace> {
+        self.info().namespaces
+    }
+
+    /// Namespace `nsid`, if active.
+    pub fn namespace(&self, nsid: u32) -> Option<Namespace> {
+        self.namespaces().into_iter().find(|n| n.info.nsid == nsid)
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.inner.cap.timeout_ms().max(500))
+    }
+
+    fn csts(&self) -> Result<Csts, Error> {
+        let raw = self.inner.func.read32(offset::CSTS);
+        if raw == ALL_ONES_32 {
+            return Err(Error::DeviceGone {
+                ctrl: self.name().clone(),
+            });
+        }
+        Ok(Csts::from(raw))
+    }
+
+    /// Clears CC.EN and waits for RDY=0. Every queue in the device is gone afterwards.
+    fn disable(&self) -> Result<(), Error> {
+        let f = &self.inner.func;
+        let cc = Cc::from(f.read32(offset::CC));
+        if u32::from(cc) == ALL_ONES_32 {
+            return Err(Error::DeviceGone {
+                ctrl: self.name().clone(),
+            });
+        }
+        if cc.en() {
+            f.write32(offset::CC, u32::from(cc.with_en(false).with_shn(0)));
+        }
+        wait_for(
+            f.as_ref(),
+            self.name(),
+            "CSTS.RDY = 0",
+            self.timeout(),
+            |c| Ok(!c.rdy()),
+        )
+    }
+
+    /// Disable, admin queue, enable, identify, features, AERs; and at first bring-up, the
+    /// namespaces. At a reset, the I/O queues are re-created too.
+    fn bring_up(&self, first: bool) -> Result<(), Error> {
+        let f = self.inner.func.clone();
+        let name = self.name().clone();
+        self.disable()?;
+        let mut admin = self.inner.admin.lock().unwrap();
+        admin.reset();
+        admin.rings.set_shadow(None);
+        let size = admin.rings.size();
+        let dom = self.inner.domain;
+        let asq = admin.rings.sq_mem().iova(dom, 0);
+        let acq = admin.rings.cq_mem().iova(dom, 0);
+        let (Some(asq), Some(acq)) = (asq, acq) else {
+            return Err(Error::BadData {
+                ctrl: name,
+                what: "admin queue memory mapping (not in this controller's DMA domain)",
+            });
+        };
+        f.write32(
+            offset::AQA,
+            u32::from(Aqa::new().with_asqs(size - 1).with_acqs(size - 1)),
+        );
+        f.write64(offset::ASQ, asq.0);
+        f.write64(offset::ACQ, acq.0);
+        let cc = Cc::new()
+            .with_en(true)
+            .with_css(0)
+            .with_mps(0)
+            .with_ams(0)
+            .with_iosqes(6)
+            .with_iocqes(4);
+        f.write32(offset::CC, u32::from(cc));
+        wait_for(f.as_ref(), &name, "CSTS.RDY = 1", self.timeout(), |c| {
+            if c.cfs() {
+                return Err(Error::Fatal {
+                    ctrl: name.clone(),
+                    during: "enable",
+                });
+            }
+            Ok(c.rdy())
+        })?;
+        drop(admin);
+
+        // Identify Controller.
+        let buf = self.alloc_dma(4096)?;
+        self.admin_data(Sqe::identify(cns::CONTROLLER, 0, 0), Some(&buf))?;
+        let id = IdentifyController::read_from_bytes(&buf.to_vec()).map_err(|_| Error::BadData {
+            ctrl: name.clone(),
+            what: "identify controller",
+        })?;
+        let mps_min = self.inner.cap.mps_min_bytes();
+        let mdts_bytes = id.mdts_bytes(mps_min).unwrap_or(u64::MAX);
+
+        // Shadow doorbells.
+        let mut shadow_on = false;
+        if let Some(sh) = &self.inner.shadow {
+            if id.supports_dbbuf() {
+                sh.shadow.fill(0, 4096, 0);
+                sh.eventidx.fill(0, 4096, 0);
+                let (Some(s), Some(e)) = (sh.shadow.iova(dom, 0), sh.eventidx.iova(dom, 0)) else {
+                    return Err(Error::BadData {
+                        ctrl: name,
+                        what: "shadow doorbell mapping",
+                    });
+                };
+                match self.admin(Sqe::doorbell_buffer_config(s.0, e.0)) {
+                    Ok(_) => shadow_on = true,
+                    Err(Error::Admin { status, .. }) => {
+                        log::info!("{name}: Doorbell Buffer Config refused ({status}); using MMIO doorbells");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if shadow_on {
+            self.inner
+                .admin
+                .lock()
+                .unwrap()
+                .rings
+                .set_shadow(self.inner.shadow.clone());
+        }
+
+        // Number of Queues. QEMU refuses this once I/O queues exist; at a reset they don't.
+        let want = NumberOfQueues {
+            nsq: self.inner.opts.io_queues.max(1),
+            ncq: self.inner.opts.io_queues.max(1),
+        };
+        let dw0 = self.admin(Sqe::set_features(fid::NUMBER_OF_QUEUES, want.to_cdw11(), false))?;
+        let got = NumberOfQueues::from_dw0(dw0);
+        let io_queues = got.nsq.min(got.ncq).min(want.nsq);
+
+        // Async events.
+        if self.inner.opts.async_events {
+            let mut bits = aec::SMART;
+            if id.oaes & (1 << 8) != 0 {
+                bits |= aec::NS_ATTR;
+            }
+            if id.oaes & (1 << 11) != 0 {
+                bits |= aec::ANA_CHANGE;
+            }
+            if let Err(e) = self.admin(Sqe::set_features(fid::ASYNC_EVENT_CONFIG, bits, false)) {
+                log::info!("{name}: async event configuration refused: {e}");
+            }
+            let n = (id.aerl as u32 + 1).min(4);
+            let mut admin = self.inner.admin.lock().unwrap();
+            for _ in 0..n {
+                if !admin.submit_aer() {
+                    break;
+                }
+            }
+        }
+
+        let namespaces = if first {
+            self.scan_namespaces(&buf)?
+        } else {
+            self.info().namespaces
+        };
+        *self.inner.info.write().unwrap() = Some(CtrlInfo {
+            cap: self.inner.cap,
+            identify: Arc::new(id),
+            namespaces,
+            mdts_bytes,
+            io_queues,
+            shadow_doorbells: shadow_on,
+        });
+        if !first {
+            let queues = self.inner.queues.lock().unwrap();
+            for q in &queues.live {
+                self.create_queues_in_device(q)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn scan_namespaces(&self, buf: &DmaBuf) -> Result<Vec<Namespace>, Error> {
+        let name = self.name().clone();
+        self.admin_data(Sqe::identify(cns::ACTIVE_NSID_LIST, 0, 0), Some(buf))?;
+        let nsids = parse_nsid_list(&buf.to_vec());
+        let mut out = Vec::new();
+        for nsid in nsids {
+            self.admin_data(Sqe::identify(cns::NAMESPACE, nsid, 0), Some(buf))?;
+            let idns =
+                IdentifyNamespace::read_from_bytes(&buf.to_vec()).map_err(|_| Error::BadData {
+                    ctrl: name.clone(),
+                    what: "identify namespace",
+                })?;
+            let lba = idns.lba_size_bytes();
+            if lba == 0 || !lba.is_power_of_two() {
+                log::warn!("{name}: namespace {nsid} has an unusable LBA format; skipped");
+                continue;
+            }
+            buf.fill(0, 4096, 0);
+            let ids = match self.admin_data(Sqe::identify(cns::NS_DESCRIPTORS, nsid, 0), Some(buf))
+            {
+                Ok(_) => parse_ns_descriptors(&buf.to_vec()).map_err(|_| Error::BadData {
+                    ctrl: name.clone(),
+                    what: "namespace descriptor list",
+                })?,
+                Err(Error::Admin { .. }) => Vec::new(),
+                Err(e) => return Err(e),
+            };
+            out.push(Namespace {
+                info: NsInfo {
+                    nsid,
+                    lba_shift: lba.trailing_zeros(),
+                    nsze: idns.nsze,
+                },
+                identify: Arc::new(idns),
+                ids,
+            });
+        }
+        Ok(out)
+    }
+
+    fn alloc_dma(&self, len: usize) -> Result<DmaBuf, Error> {
+        self.inner
+            .pool
+            .alloc(len, 4096)
+            .map_err(|source| Error::Dma {
+                ctrl: self.name().clone(),
+                source,
+            })
+    }
+
+    /// Runs an admin command without data and returns CQE dword 0.
+    ///
+    /// Bounded by `admin_timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Admin`] for an error status, [`Error::AdminTimeout`], [`Error::DeviceGone`].
+    pub fn admin(&self, sqe: Sqe) -> Result<u32, Error> {
+        self.admin_data(sqe, None)
+    }
+
+    /// Runs an admin command with a data buffer of at most two pages (PRP1/PRP2 are set here).
+    ///
+    /// Bounded by `admin_timeout`.
+    ///
+    /// # Errors
+    /// As [`Controller::admin`]; [`Error::BadData`] if the buffer is not mapped for this
+    /// controller or longer than 8 KiB.
+    pub fn admin_data(&self, mut sqe: Sqe, buf: Option<&DmaBuf>) -> Result<u32, Error> {
+        let name = self.name().clone();
+        let opcode = AdminOpcode(sqe.opcode());
+        if let Some(b) = buf {
+            let Some(iova) = b.iova(self.inner.domain, 0) else {
+                return Err(Error::BadData {
+                    ctrl: name,
+                    what: "admin buffer (not mapped for this controller)",
+                });
+            };
+            if b.len() > 8192 {
+                return Err(Error::BadData {
+                    ctrl: name,
+                    what: "admin buffer longer than 8 KiB",
+                });
+            }
+            sqe.prp1 = iova.0;
+            sqe.prp2 = if crate::qpair::prp::pages_spanned(iova.0, b.len() as u64) > 1 {
+                (iova.0 & !4095) + 4096
+            } else {
+                0
+            };
+        }
+        let func = self.inner.func.clone();
+        let timeout = self.inner.opts.admin_timeout;
+        let r = {
+            let mut admin = self.inner.admin.lock().unwrap();
+            let r = admin.execute(sqe, timeout, || func.read32(offset::CSTS) != ALL_ONES_32);
+            self.take_events(&mut admin);
+            r
+        };
+        self.deliver_events();
+        match r {
+            Wait::Done(status, dw0) if status.is_success() => Ok(dw0),
+            Wait::Done(status, _) => Err(Error::Admin {
+                ctrl: name,
+                opcode,
+                status,
+            }),
+            Wait::TimedOut => Err(Error::AdminTimeout {
+                ctrl: name,
+                opcode,
+                timeout_ms: timeout.as_millis() as u64,
+            }),
+            Wait::Gone => Err(Error::DeviceGone { ctrl: name }),
+        }
+    }
+
+    /// Reads `len` bytes of log page `lid` from byte `offset` (any page, with offset).
+    ///
+    /// # Errors
+    /// As [`Controller::admin_data`]; a length that is 0, not a dword multiple or above 8 KiB is
+    /// [`Error::BadData`].
+    pub fn get_log_page(&self, lid: u8, nsid: u32, offset: u64, len: usize) -> Result<Vec<u8>, Error> {
+        if len == 0 || len % 4 != 0 || len > 8192 {
+            return Err(Error::BadData {
+                ctrl: self.name().clone(),
+                what: "log page length (must be 4..8192 bytes, a dword multiple)",
+            });
+        }
+        let buf = self.alloc_dma(len)?;
+        let sqe = Sqe::get_log_page(lid, nsid, (len / 4 - 1) as u32, offset, 0, false);
+        self.admin_data(sqe, Some(&buf))?;
+        Ok(buf.to_vec())
+    }
+
+    /// Get Features: returns CQE dword 0.
+    ///
+    /// # Errors
+    /// As [`Controller::admin`].
+    pub fn get_features(&self, fid: u8, cdw11: u32) -> Result<u32, Error> {
+        self.admin(Sqe::get_features(fid, 0, cdw11))
+    }
+
+    /// Set Features: returns CQE dword 0.
+    ///
+    /// # Errors
+    /// As [`Controller::admin`].
+    pub fn set_features(&self, fid: u8, cdw11: u32) -> Result<u32, Error> {
+        self.admin(Sqe::set_features(fid, cdw11, false))
+    }
+
+    /// Sends Abort for command `cid` on `sqid`. Returns true if the controller aborted it (it then
+    /// completes with Abort Requested on its own queue).
+    ///
+    /// # Errors
+    /// As [`Controller::admin`].
+    pub fn abort(&self, sqid: u16, cid: u16) -> Result<bool, Error> {
+        Ok(self.admin(Sqe::abort(sqid, cid))? & 1 == 0)
+    }
+
+    /// Sets the handler for asynchronous events; it runs on the thread calling `service` (or any
+    /// admin command).
+    pub fn on_async_event(&self, f: impl FnMut(AsyncEvent) + Send + 'static) {
+        *self.inner.on_event.lock().unwrap() = Some(Box::new(f));
+    }
+
+    fn take_events(&self, admin: &mut AdminQueue) {
+        // Re-arm one AER per event received.
+        let n = admin.events.len();
+        if self.state() == CtrlState::Live || self.state() == CtrlState::Init {
+            for _ in 0..n {
+                admin.submit_aer();
+            }
+        }
+        let ev: Vec<AsyncEvent> = admin.events.drain(..).collect();
+        self.inner
+            .pending_events()
+            .extend(ev);
+    }
+
+    fn deliver_events(&self) {
+        // The handler may issue admin commands (reading the ANA log), which come back here: the
+        // inner call finds the handler busy and leaves its events for the outer loop.
+        let Ok(mut handler) = self.inner.on_event.try_lock() else {
+            return;
+        };
+        loop {
+            let ev: Vec<AsyncEvent> = self.inner.pending_events().drain(..).collect();
+            if ev.is_empty() {
+                return;
+            }
+            for e in ev {
+                log::info!("{}: async event {e:?}", self.name());
+                if let Some(h) = handler.as_mut() {
+                    h(e);
+                }
+            }
+        }
+    }
+
+    /// Creates an I/O queue pair (one per thread). It holds `opts.size` entries, clamped to the
+    /// controller's CAP.MQES.
+    ///
+    /// # Errors
+    /// [`Error::NotReady`], [`Error::NoQueues`], [`Error::Dma`], or the admin errors of Create
+    /// I/O CQ/SQ.
+    pub fn io_queue_pair(&self, opts: QueueOptions) -> Result<QueuePair, Error> {
+        let name = self.name().clone();
+        let state = self.state();
+        if state != CtrlState::Live {
+            return Err(Error::NotReady { ctrl: name, state });
+        }
+        let info = self.info();
+        let size = opts
+            .size
+            .clamp(2, (self.inner.cap.mqes() as u32 + 1).min(4096) as u16);
+        let qid = {
+            let q = self.inner.queues.lock().unwrap();
+            (1..=info.io_queues)
+                .find(|id| !q.live.iter().any(|r| r.qid == *id))
+                .ok_or(Error::NoQueues {
+                    ctrl: name.clone(),
+                    granted: info.io_queues,
+                })?
+        };
+        let rec = QueueRecord {
+            qid,
+            size,
+            sq: Arc::new(self.alloc_dma(size as usize * SQE_SIZE)?),
+            cq: Arc::new(self.alloc_dma(size as usize * CQE_SIZE)?),
+        };
+        let dstrd = self.inner.cap.dstrd();
+        let shadow = if info.shadow_doorbells {
+            self.inner.shadow.clone()
+        } else {
+            None
+        };
+        // The rings zero the CQ before the device sees it.
+        let rings = Rings::new(
+            self.inner.func.clone(),
+            qid,
+            size,
+            rec.sq.clone(),
+            rec.cq.clone(),
+            regs::sq_tail_doorbell(qid, dstrd),
+            regs::cq_head_doorbell(qid, dstrd),
+            shadow,
+        );
+        self.create_queues_in_device(&rec)?;
+        let epoch = self.inner.shared.load().epoch();
+        self.inner.queues.lock().unwrap().live.push(rec);
+        Ok(QueuePair::new(QueueSetup {
+            shared: self.inner.shared.clone(),
+            rings,
+            domain: self.inner.domain,
+            pool: self.inner.pool.clone(),
+            mdts_bytes: info.mdts_bytes,
+            epoch,
+            opts,
+            release: self.inner.released.clone(),
+        }))
+    }
+
+    fn create_queues_in_device(&self, q: &QueueRecord) -> Result<(), Error> {
+        let dom = self.inner.domain;
+        let (Some(sq), Some(cq)) = (q.sq.iova(dom, 0), q.cq.iova(dom, 0)) else {
+            return Err(Error::BadData {
+                ctrl: self.name().clone(),
+                what: "queue memory mapping",
+            });
+        };
+        self.admin(Sqe::create_io_cq(q.qid, q.size - 1, cq.0, 0, false))?;
+        if let Err(e) = self.admin(Sqe::create_io_sq(q.qid, q.size - 1, sq.0, q.qid, 0)) {
+            let _ = self.admin(Sqe::delete_io_cq(q.qid));
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Deletes the device queues of dropped queue pairs (SQ first, then CQ).
+    fn delete_dropped_queues(&self) {
+        let dropped: Vec<u16> = std::mem::take(&mut *self.inner.released.lock().unwrap());
+        if dropped.is_empty() {
+            return;
+        }
+        for qid in dropped {
+            if self.state() == CtrlState::Live {
+                if let Err(e) = self
+                    .admin(Sqe::delete_io_sq(qid))
+                    .and_then(|_| self.admin(Sqe::delete_io_cq(qid)))
+                {
+                    log::warn!("{}: deleting queue {qid}: {e}", self.name());
+                }
+            }
+            // Memory is freed only now, after the device let go of it.
+            self.inner.queues.lock().unwrap().live.retain(|r| r.qid != qid);
+        }
+    }
+
+    /// One step of the control plane: reap admin completions and deliver async events, check
+    /// health (removal, CSTS.CFS, all-ones reads), abort timed-out commands (resetting the
+    /// controller when an abort fails), and delete the queues of dropped queue pairs.
+    ///
+    /// Returns the state afterwards.
+    pub fn service(&self) -> CtrlState {
+        let state = self.state();
+        if state == CtrlState::Removed {
+            return state;
+        }
+        // Health.
+        if self.inner.func.removal_requested() {
+            log::warn!("{}: removal requested by the platform; releasing", self.name());
+            self.mark_removed();
+            return CtrlState::Removed;
+        }
+        match self.csts() {
+            Err(_) => {
+                log::warn!("{}: registers read all-ones: device gone", self.name());
+                self.mark_removed();
+                return CtrlState::Removed;
+            }
+            Ok(c) if c.cfs() && state == CtrlState::Live => {
+                log::warn!("{}: controller fatal status; resetting", self.name());
+                let _ = self.reset();
+                return self.state();
+            }
+            Ok(_) => {}
+        }
+        if state != CtrlState::Live {
+            return state;
+        }
+        {
+            let mut admin = self.inner.admin.lock().unwrap();
+            admin.reap();
+            self.take_events(&mut admin);
+        }
+        self.deliver_events();
+        // Timeouts: abort, and reset if the abort does not take.
+        let reports: Vec<state::TimeoutReport> =
+            std::mem::take(&mut *self.inner.shared.timeouts.lock().unwrap());
+        for r in reports {
+            match self.abort(r.qid, r.cid) {
+                Ok(true) => {
+                    log::warn!("{}: aborted qid {} cid {:#06x}", self.name(), r.qid, r.cid)
+                }
+                Ok(false) | Err(_) => {
+                    log::warn!(
+                        "{}: abort of qid {} cid {:#06x} failed; resetting the controller",
+                        self.name(),
+                        r.qid,
+                        r.cid
+                    );
+                    let _ = self.reset();
+                    return self.state();
+                }
+            }
+        }
+        self.delete_dropped_queues();
+        self.state()
+    }
+
+    fn mark_removed(&self) {
+        self.inner.shared.transition(CtrlState::Removed, true);
+        let _ = self.inner.func.set_bus_master(false);
+    }
+
+    /// Resets the controller: disable (the device drops every queue; no Delete commands are
+    /// sent), new epoch (queue pairs fail what they had in flight), then admin queue, identify,
+    /// features and every I/O queue again, with the same memory.
+    ///
+    /// Bounded by CAP.TO per register handshake and `admin_timeout` per admin command.
+    ///
+    /// # Errors
+    /// As bring-up; the controller is then [`CtrlState::Failed`] (or `Removed`).
+    pub fn reset(&self) -> Result<(), Error> {
+        let sh = &self.inner.shared;
+        if !sh.transition(CtrlState::Resetting, false) {
+            return Err(Error::NotReady {
+                ctrl: self.name().clone(),
+                state: self.state(),
+            });
+        }
+        let r = self.disable().and_then(|()| {
+            // Everything in flight is dead now: let queue pairs fail it and rewind their rings.
+            sh.bump_epoch();
+            self.inner.shared.timeouts.lock().unwrap().clear();
+            self.bring_up(false)
+        });
+        match r {
+            Ok(()) => {
+                sh.transition(CtrlState::Live, false);
+                Ok(())
+            }
+            Err(e) => {
+                let gone = matches!(e, Error::DeviceGone { .. });
+                sh.transition(
+                    if gone {
+                        CtrlState::Removed
+                    } else {
+                        CtrlState::Failed
+                    },
+                    true,
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Orderly shutdown: delete the I/O queues, then CC.SHN = normal and wait for SHST = complete
+    /// (bounded by CAP.TO, or RTD3E when it is longer).
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] if SHST does not reach complete; [`Error::DeviceGone`].
+    pub fn shutdown(&self) -> Result<(), Error> {
+        if self.state() == CtrlState::Live {
+            let qids: Vec<u16> = self.inner.queues.lock().unwrap().live.iter().map(|q| q.qid).collect();
+            for qid in qids {
+                let _ = self
+                    .admin(Sqe::delete_io_sq(qid))
+                    .and_then(|_| self.admin(Sqe::delete_io_cq(qid)));
+            }
+        }
+        let f = &self.inner.func;
+        let cc = Cc::from(f.read32(offset::CC));
+        if u32::from(cc) == ALL_ONES_32 {
+            return Err(Error::DeviceGone {
+                ctrl: self.name().clone(),
+            });
+        }
+        f.write32(offset::CC, u32::from(cc.with_shn(regs::shn::NORMAL)));
+        let rtd3e = self
+            .inner
+            .info
+            .read()
+            .unwrap()
+            .as_ref()
+            .map_or(0, |i| i.identify.rtd3e as u64 / 1000);
+        let timeout = self.timeout().max(Duration::from_millis(rtd3e));
+        wait_for(f.as_ref(), self.name(), "CSTS.SHST = complete", timeout, |c| {
+            Ok(c.shst() == regs::shst::COMPLETE)
+        })?;
+        self.inner.shared.transition(CtrlState::ShutDown, true);
+        Ok(())
+    }
+}
+
+/// Runs [`Controller::service`] for a set of controllers on its own thread every `interval`,
+/// until dropped. This is the control plane of the design: admin work never runs on I/O cores.
+pub struct ControlPlane {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ControlPlane {
+    /// Starts the thread.
+    pub fn spawn(ctrls: Vec<Controller>, interval: Duration) -> ControlPlane {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("vfnvme-ctrl".into())
+            .spawn(move || {
+                while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                    for c in &ctrls {
+                        c.service();
+                    }
+                    std::thread::sleep(interval);
+                }
+            })
+            .expect("spawning the control-plane thread");
+        ControlPlane {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Inner {
+    fn pending_events(&self) -> std::sync::MutexGuard<'_, Vec<AsyncEvent>> {
+        self.events.lock().unwrap()
+    }
+}

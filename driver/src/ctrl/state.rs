@@ -1,0 +1,225 @@
+//! The controller state machine, shared with the I/O queue pairs through one atomic word.
+//!
+//! The control plane owns transitions; queue pairs only read. The word packs an *epoch* with the
+//! state: the epoch changes whenever commands in flight on the device are known to be dead (the
+//! controller was disabled, or the function is gone). A queue pair that sees a new epoch fails
+//! what it had in flight and starts its rings over.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// One state per step of a controller's life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CtrlState {
+    /// Being brought up (disable, admin queue, enable, identify, queues).
+    Init = 0,
+    /// Ready for I/O.
+    Live = 1,
+    /// Being reset: I/O is refused until it is live again.
+    Resetting = 2,
+    /// Bring-up or reset failed; the controller is unusable until reset succeeds.
+    Failed = 3,
+    /// The function is gone (surprise removal, or released after a removal request).
+    Removed = 4,
+    /// Orderly shutdown (CC.SHN) completed.
+    ShutDown = 5,
+}
+
+impl CtrlState {
+    fn from_u8(v: u8) -> CtrlState {
+        match v {
+            0 => CtrlState::Init,
+            1 => CtrlState::Live,
+            2 => CtrlState::Resetting,
+            3 => CtrlState::Failed,
+            4 => CtrlState::Removed,
+            _ => CtrlState::ShutDown,
+        }
+    }
+
+    /// Name for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            CtrlState::Init => "init",
+            CtrlState::Live => "live",
+            CtrlState::Resetting => "resetting",
+            CtrlState::Failed => "failed",
+            CtrlState::Removed => "removed",
+            CtrlState::ShutDown => "shut down",
+        }
+    }
+
+    /// Whether the state machine allows going from `self` to `to`.
+    pub fn may_become(self, to: CtrlState) -> bool {
+        use CtrlState::*;
+        matches!(
+            (self, to),
+            (Init, Live)
+                | (Init, Failed)
+                | (Init, Removed)
+                | (Live, Resetting)
+                | (Live, Removed)
+                | (Live, ShutDown)
+                | (Live, Failed)
+                | (Resetting, Live)
+                | (Resetting, Failed)
+                | (Resetting, Removed)
+                | (Failed, Resetting)
+                | (Failed, Removed)
+                | (Failed, ShutDown)
+                | (ShutDown, Resetting)
+                | (ShutDown, Removed)
+        )
+    }
+
+    /// True if nothing can ever complete on this controller again.
+    pub fn is_terminal(self) -> bool {
+        self == CtrlState::Removed
+    }
+}
+
+impl fmt::Display for CtrlState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A state plus epoch snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateWord(u64);
+
+impl StateWord {
+    /// The state.
+    #[inline]
+    pub fn state(self) -> CtrlState {
+        CtrlState::from_u8(self.0 as u8)
+    }
+    /// The epoch.
+    #[inline]
+    pub fn epoch(self) -> u64 {
+        self.0 >> 8
+    }
+}
+
+/// Request from a queue pair to the control plane: a command timed out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeoutReport {
+    /// Submission queue.
+    pub qid: u16,
+    /// Command id.
+    pub cid: u16,
+}
+
+/// What the control plane and the queue pairs of one controller share.
+pub struct CtrlShared {
+    /// Controller name for errors (PCI address or simulated name).
+    pub name: std::sync::Arc<str>,
+    word: AtomicU64,
+    /// Timed-out commands waiting for the control plane to abort them (rare path, so a lock).
+    pub timeouts: Mutex<Vec<TimeoutReport>>,
+}
+
+impl CtrlShared {
+    /// New shared state in [`CtrlState::Init`], epoch 0.
+    pub fn new(name: std::sync::Arc<str>) -> CtrlShared {
+        CtrlShared {
+            name,
+            word: AtomicU64::new(CtrlState::Init as u64),
+            timeouts: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Current state and epoch.
+    #[inline]
+    pub fn load(&self) -> StateWord {
+        StateWord(self.word.load(Ordering::Acquire))
+    }
+
+    /// Current state.
+    #[inline]
+    pub fn state(&self) -> CtrlState {
+        self.load().state()
+    }
+
+    /// Moves to `to`, optionally starting a new epoch. Returns false (and changes nothing) when
+    /// the transition is not allowed.
+    pub fn transition(&self, to: CtrlState, new_epoch: bool) -> bool {
+        let mut cur = self.word.load(Ordering::Acquire);
+        loop {
+            let w = StateWord(cur);
+            if w.state() != to && !w.state().may_become(to) {
+                return false;
+            }
+            let epoch = w.epoch() + new_epoch as u64;
+            let next = (epoch << 8) | to as u64;
+            match self
+                .word
+                .compare_exchange(cur, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    log::info!("{}: {} -> {}", self.name, w.state(), to);
+                    return true;
+                }
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Starts a new epoch without changing the state (commands in flight are dead).
+    pub fn bump_epoch(&self) {
+        self.word.fetch_add(1 << 8, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use CtrlState::*;
+
+    #[test]
+    fn allowed_and_refused_transitions() {
+        let allowed = [
+            (Init, Live),
+            (Live, Resetting),
+            (Resetting, Live),
+            (Resetting, Failed),
+            (Failed, Resetting),
+            (Live, Removed),
+            (Live, ShutDown),
+            (ShutDown, Resetting),
+        ];
+        let refused = [
+            (Removed, Live),
+            (Removed, Resetting),
+            (Init, Resetting),
+            (ShutDown, Live),
+            (Resetting, ShutDown),
+            (Failed, Live),
+        ];
+        for (a, b) in allowed {
+            assert!(a.may_become(b), "{a} -> {b} should be allowed");
+        }
+        for (a, b) in refused {
+            assert!(!a.may_become(b), "{a} -> {b} should be refused");
+        }
+    }
+
+    #[test]
+    fn shared_word_tracks_state_and_epoch() {
+        let s = CtrlShared::new("t".into());
+        assert_eq!(s.state(), Init);
+        assert!(s.transition(Live, false));
+        assert!(s.transition(Resetting, true));
+        assert_eq!(s.load().epoch(), 1);
+        assert!(!s.transition(ShutDown, false), "refused transition changes nothing");
+        assert_eq!(s.state(), Resetting);
+        s.bump_epoch();
+        assert_eq!(s.load().epoch(), 2);
+        assert!(s.transition(Removed, true));
+        assert!(!s.transition(Live, false));
+        assert_eq!(s.load().state(), Removed);
+        assert_eq!(s.load().epoch(), 3);
+    }
+}

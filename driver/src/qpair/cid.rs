@@ -1,0 +1,189 @@
+//! The command-id table: one slot per command a queue can hold, each with a generation.
+//!
+//! A command id is `slot | generation << SLOT_BITS`. The generation changes every time a slot is
+//! reused, so a completion for a slot's earlier command (a stale id), for a free slot (a duplicate
+//! completion) or for a slot past the table (an unknown id) is recognised and refused instead of
+//! completing the wrong command.
+
+/// Bits of a command id that index the slot (queues hold at most 4096 commands).
+pub const SLOT_BITS: u32 = 12;
+const SLOT_MASK: u16 = (1 << SLOT_BITS) - 1;
+const GEN_MOD: u16 = 1 << (16 - SLOT_BITS);
+
+/// What is wrong with a completion's command id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CidFault {
+    /// The slot is past the table.
+    Unknown,
+    /// The slot holds no command (already completed: a duplicate completion).
+    NotInFlight,
+    /// The slot holds a newer command than the one this id named.
+    Stale,
+}
+
+/// Slot-and-generation table of in-flight commands, with a free stack. `T` is the per-command
+/// record (kept small: the design allows at most 256 bytes of host memory per command).
+pub struct CidTable<T> {
+    slots: Vec<Slot<T>>,
+    free: Vec<u16>,
+}
+
+struct Slot<T> {
+    gen: u16,
+    busy: bool,
+    value: T,
+}
+
+impl<T: Default> CidTable<T> {
+    /// A table with `n` slots (at most 4096).
+    ///
+    /// # Panics
+    /// If `n` is 0 or above 4096 (a caller bug: queue sizes are checked before).
+    pub fn new(n: usize) -> Self {
+        assert!(n > 0 && n <= 1 << SLOT_BITS, "cid table size {n}");
+        CidTable {
+            slots: (0..n)
+                .map(|_| Slot {
+                    gen: 0,
+                    busy: false,
+                    value: T::default(),
+                })
+                .collect(),
+            free: (0..n as u16).rev().collect(),
+        }
+    }
+}
+
+impl<T> CidTable<T> {
+    /// Slots in use.
+    #[inline]
+    pub fn in_flight(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// Total slots.
+    #[inline]
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// True when no slot is free.
+    #[inline]
+    pub fn is_full(&self) -> bool {
+        self.free.is_empty()
+    }
+
+    /// Takes a free slot, stores `value` and returns the command id, or `None` when full.
+    #[inline]
+    pub fn alloc(&mut self, value: T) -> Option<u16> {
+        let slot = self.free.pop()?;
+        let s = &mut self.slots[slot as usize];
+        s.gen = (s.gen + 1) % GEN_MOD;
+        s.busy = true;
+        s.value = value;
+        Some(slot | (s.gen << SLOT_BITS))
+    }
+
+    /// Checks a command id from the device without changing anything.
+    #[inline]
+    pub fn check(&self, cid: u16) -> Result<usize, CidFault> {
+        let slot = (cid & SLOT_MASK) as usize;
+        let s = self.slots.get(slot).ok_or(CidFault::Unknown)?;
+        if !s.busy {
+            return Err(CidFault::NotInFlight);
+        }
+        if s.gen != cid >> SLOT_BITS {
+            return Err(CidFault::Stale);
+        }
+        Ok(slot)
+    }
+
+    /// The record of an in-flight slot.
+    #[inline]
+    pub fn get_mut(&mut self, slot: usize) -> &mut T {
+        &mut self.slots[slot].value
+    }
+
+    /// The record of a slot.
+    #[inline]
+    pub fn get(&self, slot: usize) -> &T {
+        &self.slots[slot].value
+    }
+
+    /// The current command id of an in-flight slot.
+    #[inline]
+    pub fn cid_of(&self, slot: usize) -> u16 {
+        slot as u16 | (self.slots[slot].gen << SLOT_BITS)
+    }
+
+    /// Frees a slot checked by [`CidTable::check`] and returns its record.
+    #[inline]
+    pub fn free(&mut self, slot: usize) -> T
+    where
+        T: Default,
+    {
+        let s = &mut self.slots[slot];
+        debug_assert!(s.busy);
+        s.busy = false;
+        self.free.push(slot as u16);
+        std::mem::take(&mut s.value)
+    }
+
+    /// Indices of the slots in flight (for timeout scans and failing everything at a reset).
+    pub fn busy_slots(&self) -> impl Iterator<Item = usize> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.busy)
+            .map(|(i, _)| i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_and_checked() {
+        let mut t: CidTable<u64> = CidTable::new(4);
+        let ids: Vec<u16> = (0..4).map(|i| t.alloc(i).unwrap()).collect();
+        assert_eq!(t.alloc(9), None, "full table refuses");
+        assert!(t.is_full());
+        let mut sorted = ids.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 4);
+        let slot = t.check(ids[2]).unwrap();
+        assert_eq!(*t.get(slot), 2);
+        assert_eq!(t.free(slot), 2);
+        assert_eq!(t.check(ids[2]), Err(CidFault::NotInFlight), "duplicate completion");
+        let again = t.alloc(7).unwrap();
+        assert_eq!(again & SLOT_MASK, ids[2] & SLOT_MASK, "slot reused");
+        assert_ne!(again, ids[2], "with a new generation");
+        assert_eq!(t.check(ids[2]), Err(CidFault::Stale));
+        assert_eq!(t.check(again).map(|s| *t.get(s)), Ok(7));
+        assert_eq!(t.check(100), Err(CidFault::Unknown));
+        assert_eq!(t.check(0xffff), Err(CidFault::Unknown));
+        assert_eq!(t.in_flight(), 4);
+    }
+
+    #[test]
+    fn generations_wrap_without_colliding_with_the_live_id() {
+        let mut t: CidTable<()> = CidTable::new(1);
+        let mut prev = t.alloc(()).unwrap();
+        for _ in 0..100 {
+            let s = t.check(prev).unwrap();
+            t.free(s);
+            let id = t.alloc(()).unwrap();
+            assert_ne!(id, prev);
+            assert_eq!(t.check(prev), Err(CidFault::Stale));
+            prev = id;
+        }
+    }
+
+    #[test]
+    #[should_panic]
+    fn oversized_table_is_a_bug() {
+        let _t: CidTable<()> = CidTable::new(4097);
+    }
+}

@@ -1,0 +1,1037 @@
+//! Polled I/O queue pairs.
+//!
+//! A [`QueuePair`] is one submission queue and its completion queue on one controller, owned by
+//! one thread (`Send`, not `Sync`). Submitting writes the SQE and advances the tail; the doorbell
+//! is written once per batch, by [`QueuePair::ring`] or at the start of [`QueuePair::poll`].
+//!
+//! # Completions: tokens, not callbacks
+//! Every submission carries a caller-chosen `u64` tag, and [`QueuePair::poll`] hands each
+//! completion with its tag to a closure the caller passes *to that poll*. Nothing is boxed or
+//! stored per command, so there is no allocation on the I/O path and no `'static` bound on the
+//! caller's state, and the closure is inlined into the caller's loop. A callback-per-command API
+//! (SPDK's `cb_fn, cb_arg`) costs an indirect call and makes ownership of the argument unclear;
+//! a tag is what the caller indexes its own table with.
+//!
+//! # Per-command host memory
+//! A command costs one [`Tracker`] (32 bytes) in the command-id table. PRP list pages come from
+//! a per-queue pool and are taken only for transfers that span more than two pages.
+//!
+//! # Errors
+//! Submission errors ([`SubmitError`]) name the controller, queue and opcode. A completion the
+//! device should not have posted (unknown, duplicate or stale command id) is consumed, reported
+//! by [`QueuePair::poll`] as [`QueueError::BadCompletion`], and the queue keeps working.
+
+pub mod cid;
+pub mod prp;
+pub mod ring;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use vfnvme_hugepages::{DmaBuf, DmaPool, DomainId};
+
+use crate::ctrl::state::{CtrlShared, CtrlState, TimeoutReport};
+use crate::spec::status::{generic, sct};
+use crate::spec::{NvmOpcode, Sqe, Status};
+use cid::{CidFault, CidTable};
+use ring::Rings;
+
+/// Marks "no PRP list" / "no group" in a tracker.
+const NONE: u16 = u16::MAX;
+
+/// What the driver keeps per in-flight command.
+#[derive(Clone, Copy, Debug)]
+pub struct Tracker {
+    tag: u64,
+    deadline_ns: u64,
+    prp_list: u16,
+    group: u16,
+    opcode: u8,
+    timed_out: bool,
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Tracker {
+            tag: 0,
+            deadline_ns: 0,
+            prp_list: NONE,
+            group: NONE,
+            opcode: 0,
+            timed_out: false,
+        }
+    }
+}
+
+const _: () = assert!(std::mem::size_of::<Tracker>() <= 256);
+
+/// How a command ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The device completed it with this status (success or an error).
+    Status(Status),
+    /// It timed out; the driver aborted it or reset the controller to get it back.
+    TimedOut,
+    /// The controller was reset while it was in flight; it may or may not have executed.
+    Reset,
+    /// The function went away while it was in flight.
+    Removed,
+}
+
+impl Outcome {
+    /// True for a successful device status.
+    #[inline]
+    pub fn is_success(self) -> bool {
+        matches!(self, Outcome::Status(s) if s.is_success())
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Status(s) => write!(f, "{s}"),
+            Outcome::TimedOut => f.write_str("command timed out"),
+            Outcome::Reset => f.write_str("controller reset while in flight"),
+            Outcome::Removed => f.write_str("controller removed while in flight"),
+        }
+    }
+}
+
+/// One finished command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// The tag given at submission.
+    pub tag: u64,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Command-specific result (CQE dword 0).
+    pub dw0: u32,
+    /// Opcode of the command.
+    pub opcode: u8,
+}
+
+/// Why a submission was refused. Nothing was queued when one of these is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// No free command slot or SQ entry: poll, then try again.
+    #[error("queue full")]
+    QueueFull,
+    /// The controller is not live (resetting, failed, shut down).
+    #[error("{ctrl} qid {qid}: controller is {state}")]
+    NotReady {
+        /// Controller.
+        ctrl: Arc<str>,
+        /// Queue.
+        qid: u16,
+        /// Its state.
+        state: CtrlState,
+    },
+    /// The function is gone.
+    #[error("{ctrl} qid {qid}: controller removed")]
+    DeviceGone {
+        /// Controller.
+        ctrl: Arc<str>,
+        /// Queue.
+        qid: u16,
+    },
+    /// A passthrough transfer above the controller's maximum (MDTS).
+    #[error("{ctrl} qid {qid} opcode {opcode:#04x}: transfer of {len} bytes exceeds MDTS ({mdts} bytes)")]
+    TooLarge {
+        /// Controller.
+        ctrl: Arc<str>,
+        /// Queue.
+        qid: u16,
+        /// Opcode.
+        opcode: u8,
+        /// Requested bytes.
+        len: usize,
+        /// The limit.
+        mdts: u64,
+    },
+    /// The buffer range is unusable: outside the buffer, not dword-aligned, not a multiple of the
+    /// block size, or not mapped into this controller's DMA domain.
+    #[error("{ctrl} qid {qid} opcode {opcode:#04x}: bad buffer: {why}")]
+    BadBuffer {
+        /// Controller.
+        ctrl: Arc<str>,
+        /// Queue.
+        qid: u16,
+        /// Opcode.
+        opcode: u8,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// No DMA memory for PRP list pages.
+    #[error("{ctrl} qid {qid}: no memory for PRP lists")]
+    NoPrpMemory {
+        /// Controller.
+        ctrl: Arc<str>,
+        /// Queue.
+        qid: u16,
+        /// The cause.
+        #[source]
+        source: vfnvme_hugepages::Error,
+    },
+}
+
+/// A device error found while polling. The bad entry was consumed; the queue keeps working.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// A completion whose command id is unknown, already completed, or stale.
+    #[error("{ctrl} qid {qid}: bad completion from device: cid {cid:#06x} is {fault:?}")]
+    BadCompletion {
+        /// Controller.
+        ctrl: Arc<str>,
+        /// Queue.
+        qid: u16,
+        /// The command id in the CQE.
+        cid: u16,
+        /// What is wrong with it.
+        fault: CidFault,
+    },
+}
+
+/// A namespace as a queue pair needs it: id, block size and size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NsInfo {
+    /// Namespace id.
+    pub nsid: u32,
+    /// log2 of the LBA data size.
+    pub lba_shift: u32,
+    /// Size in logical blocks.
+    pub nsze: u64,
+}
+
+impl NsInfo {
+    /// Bytes per logical block.
+    #[inline]
+    pub fn lba_size(&self) -> u64 {
+        1 << self.lba_shift
+    }
+}
+
+/// A data buffer range for one command.
+#[derive(Clone, Copy, Debug)]
+pub struct DataRef<'a> {
+    /// The buffer.
+    pub buf: &'a DmaBuf,
+    /// Offset of the first byte in `buf`.
+    pub offset: usize,
+    /// Bytes.
+    pub len: usize,
+}
+
+impl<'a> DataRef<'a> {
+    /// The whole buffer.
+    pub fn whole(buf: &'a DmaBuf) -> Self {
+        DataRef {
+            buf,
+            offset: 0,
+            len: buf.len(),
+        }
+    }
+}
+
+/// A raw command, the userspace twin of io_uring's `nvme_uring_cmd`: the caller sets every
+/// command dword; the driver sets the command id, PRPs and metadata pointer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PassthruCmd {
+    /// Opcode.
+    pub opcode: u8,
+    /// Command flags (SQE byte 1: FUSE, PSDT). PSDT must be 0 (PRPs).
+    pub flags: u8,
+    /// Namespace id.
+    pub nsid: u32,
+    /// Command dword 2.
+    pub cdw2: u32,
+    /// Command dword 3.
+    pub cdw3: u32,
+    /// Command dwords 10 to 15.
+    pub cdw10_15: [u32; 6],
+    /// Timeout in milliseconds; 0 means the queue's default.
+    pub timeout_ms: u32,
+}
+
+impl PassthruCmd {
+    /// The SQE this describes, without command id, PRPs or metadata pointer.
+    pub fn to_sqe(&self) -> Sqe {
+        let mut s = Sqe::default();
+        s.set_opcode(self.opcode);
+        s.set_flags(self.flags);
+        s.nsid = self.nsid;
+        s.cdw2 = self.cdw2;
+        s.cdw3 = self.cdw3;
+        s.cdw10 = self.cdw10_15[0];
+        s.cdw11 = self.cdw10_15[1];
+        s.cdw12 = self.cdw10_15[2];
+        s.cdw13 = self.cdw10_15[3];
+        s.cdw14 = self.cdw10_15[4];
+        s.cdw15 = self.cdw10_15[5];
+        s
+    }
+}
+
+/// Options for a queue pair.
+#[derive(Clone, Copy, Debug)]
+pub struct QueueOptions {
+    /// Entries per ring (the queue holds one fewer command). Clamped to CAP.MQES + 1 and 4096.
+    pub size: u16,
+    /// Default command timeout in milliseconds.
+    pub timeout_ms: u32,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        QueueOptions {
+            size: 256,
+            timeout_ms: 30_000,
+        }
+    }
+}
+
+/// Split transfers: one completion for several commands.
+#[derive(Clone, Copy, Default)]
+struct Group {
+    tag: u64,
+    left: u16,
+    opcode: u8,
+    outcome: Option<Outcome>,
+    dw0: u32,
+}
+
+/// What a queue pair knows about the controller it belongs to (set at creation).
+pub(crate) struct QueueSetup {
+    pub shared: Arc<CtrlShared>,
+    pub rings: Rings,
+    pub domain: DomainId,
+    pub pool: Arc<DmaPool>,
+    pub mdts_bytes: u64,
+    pub epoch: u64,
+    pub opts: QueueOptions,
+    /// Where the queue id goes when the queue pair is dropped (the control plane deletes it).
+    pub release: Arc<std::sync::Mutex<Vec<u16>>>,
+}
+
+/// A polled I/O queue pair. See the module docs.
+pub struct QueuePair {
+    shared: Arc<CtrlShared>,
+    rings: Rings,
+    cids: CidTable<Tracker>,
+    domain: DomainId,
+    pool: Arc<DmaPool>,
+    prp_pages: Vec<DmaBuf>,
+    prp_free: Vec<u16>,
+    prp_next: Vec<u16>,
+    groups: Vec<Group>,
+    groups_free: Vec<u16>,
+    mdts_bytes: u64,
+    epoch: u64,
+    timeout_ns: u64,
+    clock: Instant,
+    now_ns: u64,
+    ticks: u32,
+    next_scan_ns: u64,
+    /// Commands completed by a reset or removal, delivered by the next poll.
+    failed: Vec<Completion>,
+    release: Arc<std::sync::Mutex<Vec<u16>>>,
+    _not_sync: std::marker::PhantomData<std::cell::Cell<()>>,
+}
+
+impl Drop for QueuePair {
+    fn drop(&mut self) {
+        self.release
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(self.rings.qid());
+    }
+}
+
+const SCAN_INTERVAL_NS: u64 = 1_000_000;
+
+impl QueuePair {
+    pub(crate) fn new(s: QueueSetup) -> QueuePair {
+        let slots = s.rings.size() as usize - 1;
+        QueuePair {
+            shared: s.shared,
+            rings: s.rings,
+            cids: CidTable::new(slots),
+            domain: s.domain,
+            pool: s.pool,
+            prp_pages: Vec::new(),
+            prp_free: Vec::new(),
+            prp_next: Vec::new(),
+            groups: Vec::new(),
+            groups_free: Vec::new(),
+            mdts_bytes: s.mdts_bytes,
+            epoch: s.epoch,
+            timeout_ns: s.opts.timeout_ms as u64 * 1_000_000,
+            clock: Instant::now(),
+            now_ns: 0,
+            ticks: 0,
+            next_scan_ns: SCAN_INTERVAL_NS,
+            failed: Vec::new(),
+            release: s.release,
+            _not_sync: std::marker::PhantomData,
+        }
+    }
+
+    /// Queue id.
+    pub fn qid(&self) -> u16 {
+        self.rings.qid()
+    }
+
+    /// Controller name.
+    pub fn ctrl_name(&self) -> &Arc<str> {
+        &self.shared.name
+    }
+
+    /// The DMA domain buffers must be mapped into.
+    pub fn domain(&self) -> DomainId {
+        self.domain
+    }
+
+    /// Commands in flight.
+    #[inline]
+    pub fn in_flight(&self) -> usize {
+        self.cids.in_flight()
+    }
+
+    /// Most commands the queue can hold at once.
+    pub fn capacity(&self) -> usize {
+        self.cids.capacity()
+    }
+
+    /// Largest transfer in bytes (MDTS), `u64::MAX` when unlimited.
+    pub fn mdts_bytes(&self) -> u64 {
+        self.mdts_bytes
+    }
+
+    /// Controller state as last published.
+    pub fn ctrl_state(&self) -> CtrlState {
+        self.shared.state()
+    }
+
+    #[inline]
+    fn refresh_clock(&mut self) {
+        self.now_ns = self.clock.elapsed().as_nanos() as u64;
+    }
+
+    #[inline]
+    fn check_ready(&mut self) -> Result<(), SubmitError> {
+        let w = self.shared.load();
+        if w.epoch() != self.epoch {
+            self.resync(w.epoch(), w.state());
+        }
+        match w.state() {
+            CtrlState::Live => Ok(()),
+            CtrlState::Removed => Err(SubmitError::DeviceGone {
+                ctrl: self.shared.name.clone(),
+                qid: self.qid(),
+            }),
+            state => Err(SubmitError::NotReady {
+                ctrl: self.shared.name.clone(),
+                qid: self.qid(),
+                state,
+            }),
+        }
+    }
+
+    /// The controller's epoch changed: what was in flight is dead. Fail it all and start over.
+    fn resync(&mut self, epoch: u64, state: CtrlState) {
+        let busy: Vec<usize> = self.cids.busy_slots().collect();
+        for slot in busy {
+            let t = self.cids.free(slot);
+            let outcome = if state == CtrlState::Removed {
+                Outcome::Removed
+            } else if t.timed_out {
+                Outcome::TimedOut
+            } else {
+                Outcome::Reset
+            };
+            self.release_prps(t.prp_list);
+            if let Some(c) = self.finish(t, outcome, 0) {
+                self.failed.push(c);
+            }
+        }
+        self.rings.reset();
+        self.epoch = epoch;
+    }
+
+    /// Checks a data range and returns its IOVA.
+    #[inline]
+    fn data_iova(&self, d: &DataRef<'_>, opcode: u8) -> Result<u64, SubmitError> {
+        let bad = |why| SubmitError::BadBuffer {
+            ctrl: self.shared.name.clone(),
+            qid: self.qid(),
+            opcode,
+            why,
+        };
+        if d.len == 0 || d.offset.checked_add(d.len).is_none_or(|e| e > d.buf.len()) {
+            return Err(bad("range outside the buffer"));
+        }
+        let iova = d
+            .buf
+            .iova(self.domain, d.offset)
+            .ok_or_else(|| bad("buffer not mapped into this controller's DMA domain"))?;
+        if iova.0 % 4 != 0 {
+            return Err(bad("data must start dword-aligned"));
+        }
+        Ok(iova.0)
+    }
+
+    /// Takes the PRP list pages for `pages` data pages, returning the first page's index.
+    fn take_prp_lists(&mut self, n: usize) -> Result<u16, SubmitError> {
+        let mut head = NONE;
+        for _ in 0..n {
+            let idx = match self.prp_free.pop() {
+                Some(i) => i,
+                None => {
+                    let page = self.pool.alloc(4096, 4096).map_err(|source| {
+                        SubmitError::NoPrpMemory {
+                            ctrl: self.shared.name.clone(),
+                            qid: self.qid(),
+                            source,
+                        }
+                    });
+                    let page = match page {
+                        Ok(p) => p,
+                        Err(e) => {
+                            self.release_prps(head);
+                            return Err(e);
+                        }
+                    };
+                    self.prp_pages.push(page);
+                    self.prp_next.push(NONE);
+                    (self.prp_pages.len() - 1) as u16
+                }
+            };
+            // Prepend; build() then walks the chain in order through `list_index`.
+            self.prp_next[idx as usize] = head;
+            head = idx;
+        }
+        Ok(head)
+    }
+
+    fn release_prps(&mut self, mut idx: u16) {
+        while idx != NONE {
+            let next = self.prp_next[idx as usize];
+            self.prp_next[idx as usize] = NONE;
+            self.prp_free.push(idx);
+            idx = next;
+        }
+    }
+
+    /// Fills PRP1/PRP2 of `sqe` for `len` bytes at `iova`, taking list pages when needed.
+    #[inline]
+    fn fill_prps(&mut self, sqe: &mut Sqe, iova: u64, len: u64) -> Result<u16, SubmitError> {
+        let pages = prp::pages_spanned(iova, len);
+        if pages <= 2 {
+            sqe.prp1 = iova;
+            sqe.prp2 = if pages == 2 {
+                (iova & !(prp::PAGE_SIZE - 1)) + prp::PAGE_SIZE
+            } else {
+                0
+            };
+            return Ok(NONE);
+        }
+        let nlists = prp::list_pages_needed(pages);
+        let head = self.take_prp_lists(nlists)?;
+        let mut chain = Vec::with_capacity(nlists);
+        let mut i = head;
+        while i != NONE {
+            chain.push(i);
+            i = self.prp_next[i as usize];
+        }
+        let domain = self.domain;
+        let pages_ref = &self.prp_pages;
+        let list_iova = |k: usize| {
+            pages_ref[chain[k] as usize]
+                .iova(domain, 0)
+                .map_or(0, |v| v.0)
+        };
+        let r = prp::build(iova, len, list_iova, |k, slot, e| {
+            pages_ref[chain[k] as usize].store_u64(slot * 8, e)
+        });
+        match r {
+            Ok((p1, p2)) if p2 != 0 => {
+                sqe.prp1 = p1;
+                sqe.prp2 = p2;
+                Ok(head)
+            }
+            _ => {
+                self.release_prps(head);
+                Err(SubmitError::BadBuffer {
+                    ctrl: self.shared.name.clone(),
+                    qid: self.qid(),
+                    opcode: sqe.opcode(),
+                    why: "PRP list page not mapped into this controller's DMA domain",
+                })
+            }
+        }
+    }
+
+    /// Queues one SQE with optional data and metadata. The core of every submit helper.
+    #[inline]
+    fn queue(
+        &mut self,
+        mut sqe: Sqe,
+        data: Option<&DataRef<'_>>,
+        metadata: Option<&DataRef<'_>>,
+        tag: u64,
+        group: u16,
+        timeout_ms: u32,
+    ) -> Result<(), SubmitError> {
+        if self.cids.is_full() || self.rings.sq_free() == 0 {
+            return Err(SubmitError::QueueFull);
+        }
+        let opcode = sqe.opcode();
+        let mut prp_list = NONE;
+        if let Some(d) = data {
+            let iova = self.data_iova(d, opcode)?;
+            prp_list = self.fill_prps(&mut sqe, iova, d.len as u64)?;
+        }
+        if let Some(m) = metadata {
+            match self.data_iova(m, opcode) {
+                Ok(iova) => sqe.mptr = iova,
+                Err(e) => {
+                    self.release_prps(prp_list);
+                    return Err(e);
+                }
+            }
+        }
+        self.ticks = self.ticks.wrapping_add(1);
+        if self.ticks % 64 == 0 {
+            self.refresh_clock();
+        }
+        let timeout_ns = if timeout_ms == 0 {
+            self.timeout_ns
+        } else {
+            timeout_ms as u64 * 1_000_000
+        };
+        let cid = self
+            .cids
+            .alloc(Tracker {
+                tag,
+                deadline_ns: self.now_ns + timeout_ns,
+                prp_list,
+                group,
+                opcode,
+                timed_out: false,
+            })
+            .expect("checked not full above");
+        sqe.set_cid(cid);
+        let pushed = self.rings.push(&sqe);
+        debug_assert!(pushed, "checked SQ space above");
+        Ok(())
+    }
+
+    /// Submits a raw command. Data above MDTS is refused (a passthrough command is never split).
+    ///
+    /// # Errors
+    /// [`SubmitError`]; nothing is queued on error.
+    pub fn passthru(
+        &mut self,
+        cmd: &PassthruCmd,
+        data: Option<DataRef<'_>>,
+        metadata: Option<DataRef<'_>>,
+        tag: u64,
+    ) -> Result<(), SubmitError> {
+        self.check_ready()?;
+        if cmd.flags & 0xc0 != 0 {
+            return Err(SubmitError::BadBuffer {
+                ctrl: self.shared.name.clone(),
+                qid: self.qid(),
+                opcode: cmd.opcode,
+                why: "SGLs (PSDT != 0) are not supported; the driver builds PRPs",
+            });
+        }
+        if let Some(d) = &data {
+            if d.len as u64 > self.mdts_bytes {
+                return Err(SubmitError::TooLarge {
+                    ctrl: self.shared.name.clone(),
+                    qid: self.qid(),
+                    opcode: cmd.opcode,
+                    len: d.len,
+                    mdts: self.mdts_bytes,
+                });
+            }
+        }
+        self.queue(
+            cmd.to_sqe(),
+            data.as_ref(),
+            metadata.as_ref(),
+            tag,
+            NONE,
+            cmd.timeout_ms,
+        )
+    }
+
+    /// Submits an already built SQE (command id and PRPs are filled in here).
+    ///
+    /// # Errors
+    /// As [`QueuePair::passthru`].
+    pub fn submit_sqe(
+        &mut self,
+        sqe: Sqe,
+        data: Option<DataRef<'_>>,
+        tag: u64,
+    ) -> Result<(), SubmitError> {
+        self.check_ready()?;
+        self.queue(sqe, data.as_ref(), None, tag, NONE, 0)
+    }
+
+    /// Reads `blocks` logical blocks at `lba` into `buf` from byte `buf_offset`. Transfers above
+    /// MDTS are split into several commands that complete as one.
+    ///
+    /// # Errors
+    /// [`SubmitError`]; nothing is queued on error.
+    #[inline]
+    pub fn read(
+        &mut self,
+        ns: &NsInfo,
+        lba: u64,
+        blocks: u32,
+        buf: &DmaBuf,
+        buf_offset: usize,
+        tag: u64,
+    ) -> Result<(), SubmitError> {
+        self.rw(NvmOpcode::READ.0, ns, lba, blocks, buf, buf_offset, tag)
+    }
+
+    /// Writes `blocks` logical blocks at `lba` from `buf`. Split above MDTS like [`Self::read`].
+    ///
+    /// # Errors
+    /// [`SubmitError`]; nothing is queued on error.
+    #[inline]
+    pub fn write(
+        &mut self,
+        ns: &NsInfo,
+        lba: u64,
+        blocks: u32,
+        buf: &DmaBuf,
+        buf_offset: usize,
+        tag: u64,
+    ) -> Result<(), SubmitError> {
+        self.rw(NvmOpcode::WRITE.0, ns, lba, blocks, buf, buf_offset, tag)
+    }
+
+    /// Compares `blocks` logical blocks at `lba` with `buf` (status Compare Failure on mismatch).
+    ///
+    /// # Errors
+    /// [`SubmitError`]; nothing is queued on error.
+    pub fn compare(
+        &mut self,
+        ns: &NsInfo,
+        lba: u64,
+        blocks: u32,
+        buf: &DmaBuf,
+        buf_offset: usize,
+        tag: u64,
+    ) -> Result<(), SubmitError> {
+        self.rw(NvmOpcode::COMPARE.0, ns, lba, blocks, buf, buf_offset, tag)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn rw(
+        &mut self,
+        opcode: u8,
+        ns: &NsInfo,
+        lba: u64,
+        blocks: u32,
+        buf: &DmaBuf,
+        buf_offset: usize,
+        tag: u64,
+    ) -> Result<(), SubmitError> {
+        self.check_ready()?;
+        let len = (blocks as u64) << ns.lba_shift;
+        let bad = |why| SubmitError::BadBuffer {
+            ctrl: self.shared.name.clone(),
+            qid: self.qid(),
+            opcode,
+            why,
+        };
+        if blocks == 0 {
+            return Err(bad("zero blocks"));
+        }
+        let max_blocks = (self.mdts_bytes >> ns.lba_shift).min(1 << 16);
+        if blocks as u64 <= max_blocks {
+            let mut sqe = Sqe::read(ns.nsid, lba, (blocks - 1) as u16);
+            sqe.set_opcode(opcode);
+            let d = DataRef {
+                buf,
+                offset: buf_offset,
+                len: len as usize,
+            };
+            return self.queue(sqe, Some(&d), None, tag, NONE, 0);
+        }
+        // Split: every piece must fit now, or nothing is queued.
+        let pieces = (blocks as u64).div_ceil(max_blocks) as usize;
+        if buf_offset.checked_add(len as usize).is_none_or(|e| e > buf.len()) {
+            return Err(bad("range outside the buffer"));
+        }
+        if self.cids.capacity() - self.cids.in_flight() < pieces
+            || (self.rings.sq_free() as usize) < pieces
+        {
+            return Err(SubmitError::QueueFull);
+        }
+        let g = match self.groups_free.pop() {
+            Some(g) => g,
+            None => {
+                self.groups.push(Group::default());
+                (self.groups.len() - 1) as u16
+            }
+        };
+        self.groups[g as usize] = Group {
+            tag,
+            left: pieces as u16,
+            opcode,
+            outcome: None,
+            dw0: 0,
+        };
+        let mut done = 0u64;
+        for i in 0..pieces {
+            let n = (blocks as u64 - done).min(max_blocks);
+            let mut sqe = Sqe::read(ns.nsid, lba + done, (n - 1) as u16);
+            sqe.set_opcode(opcode);
+            let d = DataRef {
+                buf,
+                offset: buf_offset + (done << ns.lba_shift) as usize,
+                len: (n << ns.lba_shift) as usize,
+            };
+            if let Err(e) = self.queue(sqe, Some(&d), None, tag, g, 0) {
+                // Only a PRP-memory or mapping error can get here; the pieces already queued
+                // complete into the group, which reports this error for the whole transfer.
+                let grp = &mut self.groups[g as usize];
+                grp.left -= (pieces - i) as u16;
+                if i == 0 {
+                    self.groups_free.push(g);
+                    return Err(e);
+                }
+                grp.outcome = Some(Outcome::Status(
+                    Status::new(sct::GENERIC, generic::DATA_TRANSFER_ERROR).with_dnr(true),
+                ));
+                return Ok(());
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Flushes the volatile write cache of namespace `nsid`.
+    ///
+    /// # Errors
+    /// [`SubmitError`].
+    pub fn flush(&mut self, nsid: u32, tag: u64) -> Result<(), SubmitError> {
+        self.check_ready()?;
+        self.queue(Sqe::flush(nsid), None, None, tag, NONE, 0)
+    }
+
+    /// Writes zeroes to `blocks` blocks at `lba` (at most 65536), optionally deallocating them.
+    ///
+    /// # Errors
+    /// [`SubmitError`].
+    pub fn write_zeroes(
+        &mut self,
+        ns: &NsInfo,
+        lba: u64,
+        blocks: u32,
+        deallocate: bool,
+        tag: u64,
+    ) -> Result<(), SubmitError> {
+        self.check_ready()?;
+        if blocks == 0 || blocks > 1 << 16 {
+            return Err(SubmitError::BadBuffer {
+                ctrl: self.shared.name.clone(),
+                qid: self.qid(),
+                opcode: NvmOpcode::WRITE_ZEROES.0,
+                why: "write zeroes takes 1 to 65536 blocks",
+            });
+        }
+        let sqe = Sqe::write_zeroes(ns.nsid, lba, (blocks - 1) as u16, deallocate);
+        self.queue(sqe, None, None, tag, NONE, 0)
+    }
+
+    /// Deallocates (trims) up to 256 ranges of `(lba, blocks)` with Dataset Management. The range
+    /// list is written into `ranges_buf` (16 bytes per range), which must stay untouched until
+    /// the command completes.
+    ///
+    /// # Errors
+    /// [`SubmitError`].
+    pub fn deallocate(
+        &mut self,
+        ns: &NsInfo,
+        ranges: &[(u64, u32)],
+        ranges_buf: &DmaBuf,
+        tag: u64,
+    ) -> Result<(), SubmitError> {
+        self.check_ready()?;
+        let opcode = NvmOpcode::DSM.0;
+        if ranges.is_empty() || ranges.len() > 256 || ranges_buf.len() < ranges.len() * 16 {
+            return Err(SubmitError::BadBuffer {
+                ctrl: self.shared.name.clone(),
+                qid: self.qid(),
+                opcode,
+                why: "1 to 256 ranges, and a buffer of 16 bytes per range",
+            });
+        }
+        for (i, &(lba, blocks)) in ranges.iter().enumerate() {
+            let mut e = [0u8; 16];
+            e[4..8].copy_from_slice(&blocks.to_le_bytes());
+            e[8..16].copy_from_slice(&lba.to_le_bytes());
+            ranges_buf.write(i * 16, &e);
+        }
+        let sqe = Sqe::dsm(ns.nsid, (ranges.len() - 1) as u8, true);
+        let d = DataRef {
+            buf: ranges_buf,
+            offset: 0,
+            len: ranges.len() * 16,
+        };
+        self.queue(sqe, Some(&d), None, tag, NONE, 0)
+    }
+
+    /// Writes the SQ doorbell if commands were queued since the last one.
+    #[inline]
+    pub fn ring(&mut self) {
+        if self.rings.sq_pending() {
+            self.rings.ring_sq();
+        }
+    }
+
+    /// Rings the SQ doorbell if needed, then delivers up to `max` completions to `f`. Also
+    /// delivers commands failed by a controller reset or removal, and reports timed-out commands
+    /// to the control plane (which aborts them, then resets the controller if that fails).
+    ///
+    /// # Errors
+    /// [`QueueError::BadCompletion`] for a completion the device should not have posted; the
+    /// entry is consumed, completions before it were delivered, and polling may go on.
+    #[inline]
+    pub fn poll(&mut self, max: usize, mut f: impl FnMut(Completion)) -> Result<usize, QueueError> {
+        let w = self.shared.load();
+        if w.epoch() != self.epoch {
+            self.resync(w.epoch(), w.state());
+        }
+        let mut n = 0;
+        while n < max {
+            let Some(c) = self.failed.pop() else { break };
+            f(c);
+            n += 1;
+        }
+        self.ring();
+        let mut result = Ok(());
+        while n < max {
+            let Some(cqe) = self.rings.peek_cqe() else {
+                break;
+            };
+            self.rings.pop_cqe(cqe.sqhd);
+            let slot = match self.cids.check(cqe.cid) {
+                Ok(s) => s,
+                Err(fault) => {
+                    result = Err(QueueError::BadCompletion {
+                        ctrl: self.shared.name.clone(),
+                        qid: self.qid(),
+                        cid: cqe.cid,
+                        fault,
+                    });
+                    break;
+                }
+            };
+            let t = self.cids.free(slot);
+            self.release_prps(t.prp_list);
+            let outcome = if t.timed_out {
+                Outcome::TimedOut
+            } else {
+                Outcome::Status(cqe.status())
+            };
+            if let Some(c) = self.finish(t, outcome, cqe.dw0) {
+                f(c);
+                n += 1;
+            }
+        }
+        self.rings.ring_cq();
+        if n == 0 {
+            self.idle();
+        }
+        result.map(|()| n)
+    }
+
+    /// Turns a freed tracker into a completion, or folds it into its split group.
+    #[inline]
+    fn finish(&mut self, t: Tracker, outcome: Outcome, dw0: u32) -> Option<Completion> {
+        if t.group == NONE {
+            return Some(Completion {
+                tag: t.tag,
+                outcome,
+                dw0,
+                opcode: t.opcode,
+            });
+        }
+        let g = &mut self.groups[t.group as usize];
+        if !outcome.is_success() && g.outcome.is_none() {
+            g.outcome = Some(outcome);
+        }
+        g.dw0 = dw0;
+        g.left -= 1;
+        if g.left > 0 {
+            return None;
+        }
+        let c = Completion {
+            tag: g.tag,
+            outcome: g
+                .outcome
+                .unwrap_or(Outcome::Status(Status::SUCCESS)),
+            dw0: g.dw0,
+            opcode: g.opcode,
+        };
+        self.groups_free.push(t.group);
+        Some(c)
+    }
+
+    /// Nothing completed: let an inline simulator progress, and now and then look for timeouts.
+    #[cold]
+    fn idle(&mut self) {
+        self.rings.func().idle_poll();
+        self.ticks = self.ticks.wrapping_add(1);
+        if self.ticks % 64 != 0 || self.cids.in_flight() == 0 {
+            return;
+        }
+        self.refresh_clock();
+        if self.now_ns < self.next_scan_ns {
+            return;
+        }
+        self.next_scan_ns = self.now_ns + SCAN_INTERVAL_NS;
+        let now = self.now_ns;
+        let mut expired = Vec::new();
+        let busy: Vec<usize> = self.cids.busy_slots().collect();
+        for slot in busy {
+            let t = self.cids.get_mut(slot);
+            if !t.timed_out && t.deadline_ns <= now {
+                t.timed_out = true;
+                expired.push(slot);
+            }
+        }
+        if expired.is_empty() {
+            return;
+        }
+        let qid = self.qid();
+        let reports: Vec<TimeoutReport> = expired
+            .into_iter()
+            .map(|slot| {
+                let cid = self.cids.cid_of(slot);
+                log::warn!(
+                    "{} qid {qid} cid {cid:#06x}: command timed out, asking for abort",
+                    self.shared.name
+                );
+                TimeoutReport { qid, cid }
+            })
+            .collect();
+        self.shared
+            .timeouts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(reports);
+    }
+}
+
+#[cfg(test)]
+mod tests;
