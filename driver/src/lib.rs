@@ -9,11 +9,11 @@
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
+pub mod ctrl;
 pub mod pci;
+pub mod qpair;
 pub mod sim;
 pub mod spec;
-pub mod ctrl;
-pub mod qpair;
 
 pub use ctrl::{ControlPlane, Controller, ControllerOptions, CtrlState, Namespace};
 pub use qpair::{Completion, NsInfo, Outcome, PassthruCmd, QueueOptions, QueuePair};

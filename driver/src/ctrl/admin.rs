@@ -133,7 +133,10 @@ impl AdminQueue {
         let mut spins = 0u32;
         loop {
             self.reap();
-            if let SlotKind::Sync { done: Some((st, dw0)) } = *self.cids.get(slot) {
+            if let SlotKind::Sync {
+                done: Some((st, dw0)),
+            } = *self.cids.get(slot)
+            {
                 self.cids.free(slot);
                 return Wait::Done(st, dw0);
             }

@@ -30,8 +30,7 @@ use crate::qpair::ring::{Rings, ShadowPages, CQE_SIZE, SQE_SIZE};
 use crate::qpair::{NsInfo, QueueOptions, QueuePair, QueueSetup};
 use crate::spec::features::{aec, fid, NumberOfQueues};
 use crate::spec::identify::{
-    cns, parse_ns_descriptors, parse_nsid_list, IdentifyController, IdentifyNamespace,
-    NsIdentifier,
+    cns, parse_ns_descriptors, parse_nsid_list, IdentifyController, IdentifyNamespace, NsIdentifier,
 };
 use crate::spec::log::AsyncEvent;
 use crate::spec::regs::{self, offset, Aqa, Cap, Cc, Csts, ALL_ONES_32};
@@ -484,10 +483,11 @@ impl Controller {
         // Identify Controller.
         let buf = self.alloc_dma(4096)?;
         self.admin_data(Sqe::identify(cns::CONTROLLER, 0, 0), Some(&buf))?;
-        let id = IdentifyController::read_from_bytes(&buf.to_vec()).map_err(|_| Error::BadData {
-            ctrl: name.clone(),
-            what: "identify controller",
-        })?;
+        let id =
+            IdentifyController::read_from_bytes(&buf.to_vec()).map_err(|_| Error::BadData {
+                ctrl: name.clone(),
+                what: "identify controller",
+            })?;
         let mps_min = self.inner.cap.mps_min_bytes();
         let mdts_bytes = id.mdts_bytes(mps_min).unwrap_or(u64::MAX);
 
@@ -526,7 +526,11 @@ impl Controller {
             nsq: self.inner.opts.io_queues.max(1),
             ncq: self.inner.opts.io_queues.max(1),
         };
-        let dw0 = self.admin(Sqe::set_features(fid::NUMBER_OF_QUEUES, want.to_cdw11(), false))?;
+        let dw0 = self.admin(Sqe::set_features(
+            fid::NUMBER_OF_QUEUES,
+            want.to_cdw11(),
+            false,
+        ))?;
         let got = NumberOfQueues::from_dw0(dw0);
         let io_queues = got.nsq.min(got.ncq).min(want.nsq);
 
@@ -693,7 +697,13 @@ impl Controller {
     /// # Errors
     /// As [`Controller::admin_data`]; a length that is 0, not a dword multiple or above 8 KiB is
     /// [`Error::BadData`].
-    pub fn get_log_page(&self, lid: u8, nsid: u32, offset: u64, len: usize) -> Result<Vec<u8>, Error> {
+    pub fn get_log_page(
+        &self,
+        lid: u8,
+        nsid: u32,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, Error> {
         if len == 0 || len % 4 != 0 || len > 8192 {
             return Err(Error::BadData {
                 ctrl: self.name().clone(),
@@ -746,9 +756,7 @@ impl Controller {
             }
         }
         let ev: Vec<AsyncEvent> = admin.events.drain(..).collect();
-        self.inner
-            .pending_events()
-            .extend(ev);
+        self.inner.pending_events().extend(ev);
     }
 
     fn deliver_events(&self) {
@@ -866,7 +874,12 @@ impl Controller {
                 }
             }
             // Memory is freed only now, after the device let go of it.
-            self.inner.queues.lock().unwrap().live.retain(|r| r.qid != qid);
+            self.inner
+                .queues
+                .lock()
+                .unwrap()
+                .live
+                .retain(|r| r.qid != qid);
         }
     }
 
@@ -882,7 +895,10 @@ impl Controller {
         }
         // Health.
         if self.inner.func.removal_requested() {
-            log::warn!("{}: removal requested by the platform; releasing", self.name());
+            log::warn!(
+                "{}: removal requested by the platform; releasing",
+                self.name()
+            );
             self.mark_removed();
             return CtrlState::Removed;
         }
@@ -986,7 +1002,15 @@ impl Controller {
     /// [`Error::Timeout`] if SHST does not reach complete; [`Error::DeviceGone`].
     pub fn shutdown(&self) -> Result<(), Error> {
         if self.state() == CtrlState::Live {
-            let qids: Vec<u16> = self.inner.queues.lock().unwrap().live.iter().map(|q| q.qid).collect();
+            let qids: Vec<u16> = self
+                .inner
+                .queues
+                .lock()
+                .unwrap()
+                .live
+                .iter()
+                .map(|q| q.qid)
+                .collect();
             for qid in qids {
                 let _ = self
                     .admin(Sqe::delete_io_sq(qid))
@@ -1009,9 +1033,13 @@ impl Controller {
             .as_ref()
             .map_or(0, |i| i.identify.rtd3e as u64 / 1000);
         let timeout = self.timeout().max(Duration::from_millis(rtd3e));
-        wait_for(f.as_ref(), self.name(), "CSTS.SHST = complete", timeout, |c| {
-            Ok(c.shst() == regs::shst::COMPLETE)
-        })?;
+        wait_for(
+            f.as_ref(),
+            self.name(),
+            "CSTS.SHST = complete",
+            timeout,
+            |c| Ok(c.shst() == regs::shst::COMPLETE),
+        )?;
         self.inner.shared.transition(CtrlState::ShutDown, true);
         Ok(())
     }

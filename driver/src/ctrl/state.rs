@@ -213,7 +213,10 @@ mod tests {
         assert!(s.transition(Live, false));
         assert!(s.transition(Resetting, true));
         assert_eq!(s.load().epoch(), 1);
-        assert!(!s.transition(ShutDown, false), "refused transition changes nothing");
+        assert!(
+            !s.transition(ShutDown, false),
+            "refused transition changes nothing"
+        );
         assert_eq!(s.state(), Resetting);
         s.bump_epoch();
         assert_eq!(s.load().epoch(), 2);

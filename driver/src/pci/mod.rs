@@ -10,6 +10,13 @@
 
 use std::sync::Arc;
 
+pub mod iommu;
+pub mod mmio;
+pub mod noiommu;
+pub mod sys;
+pub mod sysfs;
+pub mod vfio;
+
 use vfnvme_hugepages::DmaMapper;
 
 /// Errors from a bus backend.

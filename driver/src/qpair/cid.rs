@@ -156,7 +156,11 @@ mod tests {
         let slot = t.check(ids[2]).unwrap();
         assert_eq!(*t.get(slot), 2);
         assert_eq!(t.free(slot), 2);
-        assert_eq!(t.check(ids[2]), Err(CidFault::NotInFlight), "duplicate completion");
+        assert_eq!(
+            t.check(ids[2]),
+            Err(CidFault::NotInFlight),
+            "duplicate completion"
+        );
         let again = t.alloc(7).unwrap();
         assert_eq!(again & SLOT_MASK, ids[2] & SLOT_MASK, "slot reused");
         assert_ne!(again, ids[2], "with a new generation");

@@ -486,13 +486,14 @@ impl QueuePair {
             let idx = match self.prp_free.pop() {
                 Some(i) => i,
                 None => {
-                    let page = self.pool.alloc(4096, 4096).map_err(|source| {
-                        SubmitError::NoPrpMemory {
-                            ctrl: self.shared.name.clone(),
-                            qid: self.qid(),
-                            source,
-                        }
-                    });
+                    let page =
+                        self.pool
+                            .alloc(4096, 4096)
+                            .map_err(|source| SubmitError::NoPrpMemory {
+                                ctrl: self.shared.name.clone(),
+                                qid: self.qid(),
+                                source,
+                            });
                     let page = match page {
                         Ok(p) => p,
                         Err(e) => {
@@ -767,7 +768,10 @@ impl QueuePair {
         }
         // Split: every piece must fit now, or nothing is queued.
         let pieces = (blocks as u64).div_ceil(max_blocks) as usize;
-        if buf_offset.checked_add(len as usize).is_none_or(|e| e > buf.len()) {
+        if buf_offset
+            .checked_add(len as usize)
+            .is_none_or(|e| e > buf.len())
+        {
             return Err(bad("range outside the buffer"));
         }
         if self.cids.capacity() - self.cids.in_flight() < pieces
@@ -977,9 +981,7 @@ impl QueuePair {
         }
         let c = Completion {
             tag: g.tag,
-            outcome: g
-                .outcome
-                .unwrap_or(Outcome::Status(Status::SUCCESS)),
+            outcome: g.outcome.unwrap_or(Outcome::Status(Status::SUCCESS)),
             dw0: g.dw0,
             opcode: g.opcode,
         };

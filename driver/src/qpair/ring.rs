@@ -165,7 +165,8 @@ impl Rings {
         if self.sq_free() == 0 {
             return false;
         }
-        self.sq.write(self.sq_tail as usize * SQE_SIZE, sqe.as_bytes());
+        self.sq
+            .write(self.sq_tail as usize * SQE_SIZE, sqe.as_bytes());
         self.sq_tail += 1;
         if self.sq_tail == self.size {
             self.sq_tail = 0;
@@ -251,6 +252,21 @@ impl Rings {
             }
         }
         self.func.write32(self.cq_db, self.cq_head as u32);
+    }
+}
+
+#[cfg(test)]
+impl Rings {
+    /// Test hook: rewrites the command id of the CQE the device posted at the head, as a
+    /// misbehaving device would have written it. Returns false if nothing is posted there.
+    pub(crate) fn corrupt_head_cid_for_test(&mut self, cid: u16) -> bool {
+        if self.peek_cqe().is_none() {
+            return false;
+        }
+        let off = self.cq_head as usize * CQE_SIZE + 12;
+        let dw3 = self.cq.load_u32(off);
+        self.cq.store_u32(off, (dw3 & 0xffff_0000) | cid as u32);
+        true
     }
 }
 

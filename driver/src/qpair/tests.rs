@@ -1,1 +1,574 @@
-//! tests
+//! Queue pair and controller tests against the inline software controller.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vfnvme_hugepages::{DmaBuf, DmaPool, PagePolicy};
+
+use super::*;
+use crate::ctrl::{Controller, ControllerOptions};
+use crate::sim::{NsConfig, SimBuilder, SimSubsystem};
+use crate::spec::status::{generic, path};
+
+struct Rig {
+    sim: SimSubsystem,
+    ctrl: Controller,
+    pool: Arc<DmaPool>,
+    ns: NsInfo,
+}
+
+fn rig_with(b: SimBuilder) -> Rig {
+    let sim = b.build();
+    let pool = DmaPool::new(PagePolicy::Small);
+    let ctrl = Controller::open(
+        sim.controller(0),
+        pool.clone(),
+        ControllerOptions::default(),
+    )
+    .expect("bring-up");
+    let ns = ctrl.namespace(1).expect("namespace 1").info;
+    Rig {
+        sim,
+        ctrl,
+        pool,
+        ns,
+    }
+}
+
+fn rig() -> Rig {
+    rig_with(
+        SimSubsystem::builder()
+            .controllers(1)
+            .namespace(NsConfig::ram(1, 8 << 20)),
+    )
+}
+
+fn pattern(buf: &DmaBuf, seed: u64) {
+    let mut v = vec![0u8; buf.len()];
+    for (i, b) in v.iter_mut().enumerate() {
+        *b = (seed.wrapping_mul(31).wrapping_add(i as u64 * 7) >> 3) as u8 ^ (i >> 9) as u8;
+    }
+    buf.write(0, &v);
+}
+
+/// Polls until `n` completions arrived (calling `service` now and then), with a deadline.
+fn wait(qp: &mut QueuePair, ctrl: &Controller, n: usize, secs: u64) -> Vec<Completion> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut spins = 0u32;
+    while out.len() < n {
+        match qp.poll(64, |c| out.push(c)) {
+            Ok(_) => {}
+            Err(e) => panic!("unexpected queue error: {e}"),
+        }
+        spins += 1;
+        if spins % 64 == 0 {
+            ctrl.service();
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} completions",
+            out.len()
+        );
+    }
+    out
+}
+
+#[test]
+fn bring_up_identifies_the_controller() {
+    let r = rig();
+    let info = r.ctrl.info();
+    assert_eq!(r.ctrl.state(), CtrlState::Live);
+    assert_eq!(info.identify.cntlid, r.sim.controller(0).cntlid());
+    assert_eq!(info.mdts_bytes, 128 << 10);
+    assert!(
+        info.shadow_doorbells,
+        "sim offers DBBUF and the driver uses it"
+    );
+    assert_eq!(r.ns.nsid, 1);
+    assert_eq!(r.ns.lba_size(), 512);
+    assert_eq!(r.ns.nsze, (8 << 20) / 512);
+    assert!(
+        !r.ctrl.namespace(1).unwrap().ids.is_empty(),
+        "descriptor list read"
+    );
+}
+
+#[test]
+fn data_integrity_across_prp_shapes() {
+    let r = rig();
+    let mut qp = r.ctrl.io_queue_pair(QueueOptions::default()).unwrap();
+    let mdts = 128 << 10;
+    // (bytes, offset into the buffer): one page, two pages, three pages, an unaligned first page,
+    // exactly MDTS, MDTS plus one block (split into two commands), and a large split.
+    let shapes = [
+        (512usize, 0usize),
+        (4096, 0),
+        (8192, 0),
+        (12288, 0),
+        (8192, 512),
+        (4096, 3584),
+        (mdts, 0),
+        (mdts + 512, 0),
+        (mdts * 3 + 1024, 512),
+    ];
+    let mut lba = 0u64;
+    for (i, &(len, off)) in shapes.iter().enumerate() {
+        let wbuf = r.pool.alloc(len + off, 4096).unwrap();
+        let rbuf = r.pool.alloc(len + off, 4096).unwrap();
+        pattern(&wbuf, i as u64 + 1);
+        rbuf.fill(0, rbuf.len(), 0xee);
+        let blocks = (len / 512) as u32;
+        qp.write(&r.ns, lba, blocks, &wbuf, off, 1).unwrap();
+        let c = wait(&mut qp, &r.ctrl, 1, 5);
+        assert_eq!(
+            c[0].outcome,
+            Outcome::Status(Status::SUCCESS),
+            "write {len}@{off}"
+        );
+        qp.read(&r.ns, lba, blocks, &rbuf, off, 2).unwrap();
+        let c = wait(&mut qp, &r.ctrl, 1, 5);
+        assert_eq!((c[0].tag, c[0].outcome.is_success()), (2, true));
+        assert!(
+            wbuf.equal(off, &rbuf, off, len),
+            "data mismatch for {len}@{off}"
+        );
+        lba += blocks as u64 + 8;
+    }
+    assert_eq!(
+        r.sim.controller(0).stats().io(NvmOpcode::WRITE.0),
+        1 + 1 + 1 + 1 + 1 + 1 + 1 + 2 + 4
+    );
+}
+
+#[test]
+fn passthrough_above_mdts_is_refused_and_bad_buffers_too() {
+    let r = rig();
+    let mut qp = r.ctrl.io_queue_pair(QueueOptions::default()).unwrap();
+    let big = r.pool.alloc((128 << 10) + 512, 4096).unwrap();
+    let cmd = PassthruCmd {
+        opcode: NvmOpcode::READ.0,
+        nsid: 1,
+        cdw10_15: [0, 0, 256, 0, 0, 0],
+        ..Default::default()
+    };
+    let e = qp
+        .passthru(&cmd, Some(DataRef::whole(&big)), None, 0)
+        .unwrap_err();
+    assert!(matches!(e, SubmitError::TooLarge { .. }), "{e}");
+    assert!(e.to_string().contains("exceeds MDTS"), "{e}");
+    let small = r.pool.alloc(4096, 4096).unwrap();
+    let bad = DataRef {
+        buf: &small,
+        offset: 2,
+        len: 512,
+    };
+    assert!(matches!(
+        qp.passthru(&cmd, Some(bad), None, 0),
+        Err(SubmitError::BadBuffer { .. })
+    ));
+    let past = DataRef {
+        buf: &small,
+        offset: 4000,
+        len: 512,
+    };
+    assert!(matches!(
+        qp.passthru(&cmd, Some(past), None, 0),
+        Err(SubmitError::BadBuffer { .. })
+    ));
+    // A buffer from a pool not mapped into this controller.
+    let other = DmaPool::new(PagePolicy::Small).alloc(4096, 4096).unwrap();
+    let e = qp.read(&r.ns, 0, 8, &other, 0, 0).unwrap_err();
+    assert!(e.to_string().contains("not mapped"), "{e}");
+    assert_eq!(qp.in_flight(), 0, "nothing queued on refusal");
+    // A valid passthrough read works.
+    let cmd = PassthruCmd {
+        cdw10_15: [0, 0, 7, 0, 0, 0],
+        ..cmd
+    };
+    qp.passthru(&cmd, Some(DataRef::whole(&small)), None, 9)
+        .unwrap();
+    let c = wait(&mut qp, &r.ctrl, 1, 5);
+    assert_eq!((c[0].tag, c[0].outcome.is_success()), (9, true));
+}
+
+#[test]
+fn wraparound_at_full_depth_and_backpressure() {
+    let r = rig();
+    let mut qp = r
+        .ctrl
+        .io_queue_pair(QueueOptions {
+            size: 16,
+            ..Default::default()
+        })
+        .unwrap();
+    let buf = r.pool.alloc(4096, 4096).unwrap();
+    assert_eq!(qp.capacity(), 15);
+    let mut tag = 0u64;
+    let mut done = 0usize;
+    for _lap in 0..50 {
+        while qp.read(&r.ns, tag % 64, 8, &buf, 0, tag).is_ok() {
+            tag += 1;
+        }
+        assert_eq!(qp.in_flight(), 15, "full queue reached");
+        assert!(matches!(
+            qp.read(&r.ns, 0, 8, &buf, 0, 0),
+            Err(SubmitError::QueueFull)
+        ));
+        let c = wait(&mut qp, &r.ctrl, 15, 5);
+        assert!(c.iter().all(|c| c.outcome.is_success()));
+        done += c.len();
+    }
+    assert_eq!(done as u64, tag);
+    assert!(done > 16 * 40, "many laps of a 16-entry ring");
+}
+
+#[test]
+fn every_io_command_kind() {
+    let r = rig();
+    let mut qp = r.ctrl.io_queue_pair(QueueOptions::default()).unwrap();
+    let buf = r.pool.alloc(4096, 4096).unwrap();
+    pattern(&buf, 5);
+    qp.write(&r.ns, 100, 8, &buf, 0, 1).unwrap();
+    qp.flush(1, 2).unwrap();
+    assert!(wait(&mut qp, &r.ctrl, 2, 5)
+        .iter()
+        .all(|c| c.outcome.is_success()));
+    qp.compare(&r.ns, 100, 8, &buf, 0, 3).unwrap();
+    assert!(wait(&mut qp, &r.ctrl, 1, 5)[0].outcome.is_success());
+    qp.write_zeroes(&r.ns, 100, 4, false, 4).unwrap();
+    assert!(wait(&mut qp, &r.ctrl, 1, 5)[0].outcome.is_success());
+    qp.compare(&r.ns, 100, 8, &buf, 0, 5).unwrap();
+    let c = wait(&mut qp, &r.ctrl, 1, 5);
+    assert_eq!(
+        c[0].outcome,
+        Outcome::Status(Status::new(
+            sct::MEDIA,
+            crate::spec::status::media::COMPARE_FAILURE
+        )),
+        "compare after write zeroes fails"
+    );
+    let ranges = r.pool.alloc(4096, 4096).unwrap();
+    qp.deallocate(&r.ns, &[(104, 4), (0, 1)], &ranges, 6)
+        .unwrap();
+    assert!(wait(&mut qp, &r.ctrl, 1, 5)[0].outcome.is_success());
+    let rb = r.pool.alloc(4096, 4096).unwrap();
+    qp.read(&r.ns, 100, 8, &rb, 0, 7).unwrap();
+    wait(&mut qp, &r.ctrl, 1, 5);
+    assert!(
+        rb.to_vec().iter().all(|&b| b == 0),
+        "zeroed and deallocated blocks read as zero"
+    );
+    // An LBA past the end: the device's status is returned, decoded.
+    qp.read(&r.ns, r.ns.nsze - 1, 8, &rb, 0, 8).unwrap();
+    let c = wait(&mut qp, &r.ctrl, 1, 5);
+    assert_eq!(
+        c[0].outcome,
+        Outcome::Status(Status::new(sct::GENERIC, generic::LBA_OUT_OF_RANGE)).map_dnr()
+    );
+    assert!(
+        c[0].outcome.to_string().contains("LBA Out of Range"),
+        "{}",
+        c[0].outcome
+    );
+    assert!(qp.write_zeroes(&r.ns, 0, 0, false, 0).is_err());
+    assert!(qp.deallocate(&r.ns, &[], &ranges, 0).is_err());
+}
+
+trait MapDnr {
+    fn map_dnr(self) -> Outcome;
+}
+impl MapDnr for Outcome {
+    /// The sim sets DNR on LBA range errors, as devices do.
+    fn map_dnr(self) -> Outcome {
+        match self {
+            Outcome::Status(s) => Outcome::Status(s.with_dnr(true)),
+            o => o,
+        }
+    }
+}
+
+#[test]
+fn bad_completions_are_reported_and_the_queue_survives() {
+    let r = rig();
+    let mut qp = r
+        .ctrl
+        .io_queue_pair(QueueOptions {
+            size: 32,
+            timeout_ms: 50,
+        })
+        .unwrap();
+    let buf = r.pool.alloc(4096, 4096).unwrap();
+    // Unknown cid: the device completes a read but writes a cid that was never issued.
+    qp.read(&r.ns, 0, 8, &buf, 0, 1).unwrap();
+    qp.ring();
+    assert!(qp.rings.corrupt_head_cid_for_test(0x0ffe));
+    let e = qp
+        .poll(8, |_| panic!("no completion expected"))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            QueueError::BadCompletion {
+                fault: CidFault::Unknown | CidFault::NotInFlight,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("bad completion"));
+    // The read whose completion was garbled never completes from the device: it times out, the
+    // abort finds nothing, the controller is reset, and it completes as timed out.
+    let c = wait(&mut qp, &r.ctrl, 1, 10);
+    assert_eq!((c[0].tag, c[0].outcome), (1, Outcome::TimedOut));
+    // Duplicate: the device posts the cid of a command that already completed.
+    qp.read(&r.ns, 0, 8, &buf, 0, 2).unwrap();
+    qp.ring();
+    let done_cid = qp.rings.peek_cqe().expect("inline sim completed it").cid;
+    let c = wait(&mut qp, &r.ctrl, 1, 5);
+    assert_eq!(c[0].tag, 2);
+    qp.read(&r.ns, 0, 8, &buf, 0, 3).unwrap();
+    qp.ring();
+    assert!(qp.rings.corrupt_head_cid_for_test(done_cid));
+    assert!(matches!(
+        qp.poll(8, |_| panic!("a duplicate must not complete anything")),
+        // The slot was reused by the new read, so the old id is stale.
+        Err(QueueError::BadCompletion {
+            fault: CidFault::Stale | CidFault::NotInFlight,
+            ..
+        })
+    ));
+    assert_eq!(wait(&mut qp, &r.ctrl, 1, 10)[0].outcome, Outcome::TimedOut);
+    // The queue keeps working.
+    for t in 0..100 {
+        qp.read(&r.ns, t, 8, &buf, 0, t).unwrap();
+        let c = wait(&mut qp, &r.ctrl, 1, 5);
+        assert_eq!((c[0].tag, c[0].outcome.is_success()), (t, true));
+    }
+}
+
+#[test]
+fn dropped_command_times_out_then_abort_then_reset() {
+    let r = rig();
+    let mut qp = r
+        .ctrl
+        .io_queue_pair(QueueOptions {
+            size: 32,
+            timeout_ms: 50,
+        })
+        .unwrap();
+    let buf = r.pool.alloc(4096, 4096).unwrap();
+    r.sim.controller(0).faults().drop_commands(1);
+    qp.read(&r.ns, 0, 8, &buf, 0, 77).unwrap();
+    let c = wait(&mut qp, &r.ctrl, 1, 10);
+    assert_eq!((c[0].tag, c[0].outcome), (77, Outcome::TimedOut));
+    let st = r.sim.controller(0).stats();
+    assert!(st.admin(AdminOpcode::ABORT.0) >= 1, "abort was tried");
+    assert_eq!(
+        r.ctrl.state(),
+        CtrlState::Live,
+        "reset recovered the controller"
+    );
+    // The queue pair works after the reset (its queues were re-created).
+    qp.read(&r.ns, 0, 8, &buf, 0, 78).unwrap();
+    assert!(wait(&mut qp, &r.ctrl, 1, 5)[0].outcome.is_success());
+}
+
+use crate::spec::AdminOpcode;
+
+#[test]
+fn controller_fatal_status_leads_to_reset_and_recovery() {
+    let r = rig();
+    let mut qp = r.ctrl.io_queue_pair(QueueOptions::default()).unwrap();
+    let buf = r.pool.alloc(4096, 4096).unwrap();
+    pattern(&buf, 9);
+    qp.write(&r.ns, 10, 8, &buf, 0, 1).unwrap();
+    wait(&mut qp, &r.ctrl, 1, 5);
+    r.sim.controller(0).faults().drop_commands(1);
+    qp.read(&r.ns, 10, 8, &buf, 0, 2).unwrap();
+    qp.ring();
+    r.sim.controller(0).faults().set_cfs();
+    assert_eq!(
+        r.ctrl.service(),
+        CtrlState::Live,
+        "service resets a CFS controller"
+    );
+    let c = wait(&mut qp, &r.ctrl, 1, 5);
+    assert_eq!((c[0].tag, c[0].outcome), (2, Outcome::Reset));
+    let rb = r.pool.alloc(4096, 4096).unwrap();
+    qp.read(&r.ns, 10, 8, &rb, 0, 3).unwrap();
+    assert!(wait(&mut qp, &r.ctrl, 1, 5)[0].outcome.is_success());
+    assert!(buf.equal(0, &rb, 0, 4096), "data survived the reset");
+}
+
+#[test]
+fn surprise_removal_fails_everything_in_flight() {
+    let r = rig();
+    let mut qp = r.ctrl.io_queue_pair(QueueOptions::default()).unwrap();
+    let buf = r.pool.alloc(4096, 4096).unwrap();
+    r.sim.controller(0).faults().drop_commands(10);
+    for t in 0..10 {
+        qp.read(&r.ns, t, 8, &buf, 0, t).unwrap();
+    }
+    qp.ring();
+    r.sim.controller(0).faults().surprise_remove();
+    let start = Instant::now();
+    let c = wait(&mut qp, &r.ctrl, 10, 5);
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert!(c.iter().all(|c| c.outcome == Outcome::Removed));
+    assert_eq!(r.ctrl.state(), CtrlState::Removed);
+    assert!(matches!(
+        qp.read(&r.ns, 0, 8, &buf, 0, 0),
+        Err(SubmitError::DeviceGone { .. })
+    ));
+}
+
+#[test]
+fn two_threads_each_with_a_queue_pair() {
+    let r = rig();
+    let mut handles = Vec::new();
+    for t in 0..2u64 {
+        let ctrl = r.ctrl.clone();
+        let pool = r.pool.clone();
+        let ns = r.ns;
+        handles.push(std::thread::spawn(move || {
+            let mut qp = ctrl.io_queue_pair(QueueOptions::default()).unwrap();
+            let base = t * 4096;
+            let bufs: Vec<DmaBuf> = (0..16).map(|_| pool.alloc(4096, 4096).unwrap()).collect();
+            for round in 0..20u64 {
+                for (i, b) in bufs.iter().enumerate() {
+                    pattern(b, t * 1000 + round * 16 + i as u64);
+                    qp.write(&ns, base + i as u64 * 8, 8, b, 0, i as u64)
+                        .unwrap();
+                }
+                wait(&mut qp, &ctrl, 16, 10);
+                let rb: Vec<DmaBuf> = (0..16).map(|_| pool.alloc(4096, 4096).unwrap()).collect();
+                for (i, b) in rb.iter().enumerate() {
+                    qp.read(&ns, base + i as u64 * 8, 8, b, 0, i as u64)
+                        .unwrap();
+                }
+                assert!(wait(&mut qp, &ctrl, 16, 10)
+                    .iter()
+                    .all(|c| c.outcome.is_success()));
+                for i in 0..16 {
+                    assert!(
+                        bufs[i].equal(0, &rb[i], 0, 4096),
+                        "thread {t} round {round} block {i}"
+                    );
+                }
+            }
+        }));
+    }
+    for h in handles {
+        h.join().unwrap();
+    }
+}
+
+#[test]
+fn shutdown_leaves_the_device_shut_down() {
+    let r = rig();
+    let qp = r.ctrl.io_queue_pair(QueueOptions::default()).unwrap();
+    drop(qp);
+    r.ctrl.service();
+    r.ctrl.shutdown().unwrap();
+    assert_eq!(
+        r.sim.controller(0).shutdown_state(),
+        crate::spec::regs::shst::COMPLETE
+    );
+    assert_eq!(r.ctrl.state(), CtrlState::ShutDown);
+    assert!(r.ctrl.io_queue_pair(QueueOptions::default()).is_err());
+}
+
+#[test]
+fn admin_interface() {
+    let r = rig();
+    // Log page with an offset: the second half of SMART equals the tail of the whole page.
+    let whole = r
+        .ctrl
+        .get_log_page(crate::spec::log::lid::SMART, 0xffff_ffff, 0, 512)
+        .unwrap();
+    let tail = r
+        .ctrl
+        .get_log_page(crate::spec::log::lid::SMART, 0xffff_ffff, 256, 256)
+        .unwrap();
+    assert_eq!(&whole[256..], &tail[..]);
+    assert!(
+        r.ctrl.get_log_page(0x77, 0, 0, 512).is_err(),
+        "unknown log page"
+    );
+    assert!(
+        r.ctrl.get_log_page(1, 0, 0, 3).is_err(),
+        "bad length refused before sending"
+    );
+    // Features.
+    r.ctrl
+        .set_features(crate::spec::features::fid::ARBITRATION, 0x0302)
+        .unwrap();
+    assert_eq!(
+        r.ctrl
+            .get_features(crate::spec::features::fid::ARBITRATION, 0)
+            .unwrap()
+            & 0xffff,
+        0x0302
+    );
+    // Admin passthrough: an unknown opcode comes back decoded.
+    let mut s = Sqe::default();
+    s.set_opcode(0xc7);
+    let e = r.ctrl.admin(s).unwrap_err();
+    assert!(
+        e.to_string().contains("Invalid Command Opcode")
+            || e.to_string().contains("Invalid Opcode"),
+        "{e}"
+    );
+    // Async events reach the callback.
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    r.ctrl.on_async_event(move |e| s2.lock().unwrap().push(e));
+    r.sim
+        .controller(0)
+        .faults()
+        .set_ana_state(1, crate::spec::log::AnaState::INACCESSIBLE);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while seen.lock().unwrap().is_empty() {
+        r.ctrl.service();
+        assert!(Instant::now() < deadline, "no async event");
+    }
+    assert!(seen.lock().unwrap()[0].is_ana_change());
+    // I/O to an inaccessible group gets the path status.
+    let mut qp = r.ctrl.io_queue_pair(QueueOptions::default()).unwrap();
+    let buf = r.pool.alloc(4096, 4096).unwrap();
+    qp.read(&r.ns, 0, 8, &buf, 0, 1).unwrap();
+    let c = wait(&mut qp, &r.ctrl, 1, 5);
+    match c[0].outcome {
+        Outcome::Status(s) => assert_eq!((s.sct(), s.sc()), (sct::PATH, path::ANA_INACCESSIBLE)),
+        o => panic!("{o:?}"),
+    }
+}
+
+#[test]
+fn bring_up_errors_are_clear() {
+    // A removed device.
+    let sim = SimSubsystem::builder().controllers(1).build();
+    sim.controller(0).faults().surprise_remove();
+    let e = Controller::open(
+        sim.controller(0),
+        DmaPool::new(PagePolicy::Small),
+        ControllerOptions::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, crate::ctrl::Error::DeviceGone { .. }), "{e}");
+    // A controller that never becomes ready within CAP.TO (1 × 500 ms).
+    let sim = SimSubsystem::builder()
+        .controllers(1)
+        .cap_to(1)
+        .ready_delay(Duration::from_secs(30))
+        .build();
+    let e = Controller::open(
+        sim.controller(0),
+        DmaPool::new(PagePolicy::Small),
+        ControllerOptions::default(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("CSTS.RDY = 1"), "{e}");
+}

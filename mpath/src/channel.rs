@@ -1,0 +1,593 @@
+//! The per-core channel of a multipath namespace.
+//!
+//! A [`Channel`] holds one queue pair per path and a slot per command it may have outstanding.
+//! Every in-flight command keeps its [`IoDesc`] (with its buffers) in its slot — the channel
+//! needs it anyway to hand the buffers back — so failover costs the common path nothing. When a
+//! completion calls for failover or retry, the slot goes onto the bounded requeue ring; a later
+//! poll rebuilds the command on a usable path: new command id, the nsid of that path's namespace,
+//! PRPs and metadata pointer in that path's DMA domain.
+//!
+//! Writes, and passthrough commands not marked idempotent, wait the failed controller's Command
+//! Quiesce Time (CQT, or `ChannelOptions::default_cqt_ms` when it reports 0) before they are
+//! resent, so that a copy still in flight on the old path cannot land after its replacement.
+//! Reads go at once.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use vfnvme::qpair::{DataRef, SubmitError};
+use vfnvme::spec::status::{path as path_sc, sct};
+use vfnvme::spec::Status;
+use vfnvme::{Completion, NsInfo, Outcome, QueueOptions, QueuePair};
+use vfnvme_hugepages::DmaBuf;
+
+use crate::desc::{IoDesc, IoKind};
+use crate::disposition::{dispose, Disposition};
+use crate::path::PathStatus;
+use crate::policy::{Policy, Selector};
+use crate::requeue::RequeueRing;
+use crate::subsystem::{Inbox, MpNamespace};
+
+/// Options for a channel.
+#[derive(Clone, Copy, Debug)]
+pub struct ChannelOptions {
+    /// Queue pair options (per path).
+    pub queue: QueueOptions,
+    /// Path policy.
+    pub policy: Policy,
+    /// Commands the channel may hold (in flight plus waiting on the requeue ring).
+    pub slots: usize,
+    /// Same-path retries for retryable, non-path errors.
+    pub retries: u8,
+    /// Failovers of one command before it completes with its last error.
+    pub max_failovers: u8,
+    /// How long a command waits for a path that may come back before completing with
+    /// [`IoError::NoPath`].
+    pub fast_fail_ms: u64,
+    /// Quiesce time for non-idempotent commands when the controller reports CQT = 0.
+    pub default_cqt_ms: u64,
+}
+
+impl Default for ChannelOptions {
+    fn default() -> Self {
+        ChannelOptions {
+            queue: QueueOptions::default(),
+            policy: Policy::default(),
+            slots: 1024,
+            retries: 3,
+            max_failovers: 16,
+            fast_fail_ms: 10_000,
+            default_cqt_ms: 100,
+        }
+    }
+}
+
+/// Why a command failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IoError {
+    /// The device completed it with an error status.
+    #[error("{ctrl}: {status}")]
+    Status {
+        /// The controller that answered last.
+        ctrl: Arc<str>,
+        /// Its status.
+        status: Status,
+    },
+    /// No path could take it: none usable and none coming back, or the fast-fail timeout passed.
+    #[error("no usable path to the namespace")]
+    NoPath,
+    /// It failed over too many times.
+    #[error("failed over {0} times; giving up (last: {1})")]
+    TooManyFailovers(u8, String),
+    /// The driver refused it (bad buffer, too large).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// A finished command: its tag, result (CQE dword 0 on success), and its buffers back.
+#[derive(Debug)]
+pub struct MpCompletion {
+    /// Caller's tag.
+    pub tag: u64,
+    /// The result.
+    pub result: Result<u32, IoError>,
+    /// The data buffer.
+    pub data: Option<DmaBuf>,
+    /// The metadata buffer.
+    pub metadata: Option<DmaBuf>,
+}
+
+/// A command refused at submission, with its descriptor back.
+#[derive(Debug)]
+pub struct Refused {
+    /// Why.
+    pub reason: RefuseReason,
+    /// The command, untouched.
+    pub desc: IoDesc,
+}
+
+/// Why a submission was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefuseReason {
+    /// Every slot is taken: poll, then retry.
+    Full,
+    /// No path is usable and none can come back.
+    NoPath,
+    /// The driver refused the command (bad buffer, above MDTS...).
+    Invalid(String),
+}
+
+/// Counters of what the channel did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChannelStats {
+    /// Commands completed (successfully or not).
+    pub completed: u64,
+    /// Commands moved to another path.
+    pub failovers: u64,
+    /// Same-path retries.
+    pub retries: u64,
+    /// Commands that waited out a quiesce time before resending.
+    pub quiesce_waits: u64,
+    /// Commands completed with `NoPath`.
+    pub no_path: u64,
+    /// Bad completions reported by the device.
+    pub bad_completions: u64,
+}
+
+struct Slot {
+    desc: IoDesc,
+    /// Path it is on (or last failed on).
+    path: u16,
+    retries: u8,
+    failovers: u8,
+    /// Resend on this path (a same-path retry).
+    retry_same: bool,
+    /// Earliest resend time (ns on the channel clock).
+    not_before_ns: u64,
+    /// Fast-fail deadline while waiting for a path.
+    deadline_ns: u64,
+    last_error: Option<IoError>,
+}
+
+/// A per-core handle on a multipath namespace. `Send`, not `Sync`.
+pub struct Channel {
+    ns: Arc<MpNamespace>,
+    qps: Vec<Option<QueuePair>>,
+    infos: Vec<NsInfo>,
+    status: Vec<PathStatus>,
+    in_flight: Vec<usize>,
+    crdt: Vec<[u64; 3]>,
+    cqt_ns: Vec<u64>,
+    generation: u64,
+    slots: Vec<Option<Slot>>,
+    free: Vec<u32>,
+    requeue: RequeueRing,
+    selector: Selector,
+    opts: ChannelOptions,
+    clock: Instant,
+    scratch: Vec<(u16, Completion)>,
+    inbox: Inbox,
+    stats: ChannelStats,
+}
+
+fn path_params(ns: &MpNamespace, i: usize, opts: &ChannelOptions) -> (NsInfo, [u64; 3], u64) {
+    let p = ns.path(i);
+    let id = p.ctrl.identify();
+    let crdt = [id.crdt_ms(1), id.crdt_ms(2), id.crdt_ms(3)];
+    let cqt = match id.cqt_ms() {
+        0 => opts.default_cqt_ms,
+        v => v,
+    };
+    let info = p.ctrl.namespace(ns.info.nsid).map_or(ns.info, |n| n.info);
+    (info, crdt, cqt * 1_000_000)
+}
+
+impl Channel {
+    /// Creates a channel with a queue pair on every live path. Call on the thread that will use
+    /// it; queue creation is an admin operation, done once here.
+    ///
+    /// # Errors
+    /// A controller error when no path could give a queue pair.
+    pub fn new(ns: &Arc<MpNamespace>, opts: ChannelOptions) -> Result<Channel, crate::Error> {
+        let n = ns.path_count();
+        let mut qps = Vec::with_capacity(n);
+        let mut infos = Vec::with_capacity(n);
+        let mut crdt = Vec::with_capacity(n);
+        let mut cqt_ns = Vec::with_capacity(n);
+        let mut last_err = None;
+        for i in 0..n {
+            let (info, c, q) = path_params(ns, i, &opts);
+            infos.push(info);
+            crdt.push(c);
+            cqt_ns.push(q);
+            match ns.path(i).ctrl.io_queue_pair(opts.queue) {
+                Ok(qp) => qps.push(Some(qp)),
+                Err(e) => {
+                    log::warn!("channel: no queue pair on path {i}: {e}");
+                    last_err = Some(e);
+                    qps.push(None);
+                }
+            }
+        }
+        if qps.iter().all(|q| q.is_none()) {
+            if let Some(e) = last_err {
+                return Err(e.into());
+            }
+        }
+        let inbox: Inbox = Arc::new(Mutex::new(Vec::new()));
+        ns.register_inbox(&inbox, opts.queue);
+        let slots = opts.slots.max(1);
+        let mut ch = Channel {
+            ns: ns.clone(),
+            qps,
+            infos,
+            status: vec![PathStatus::Waiting; n],
+            in_flight: vec![0; n],
+            crdt,
+            cqt_ns,
+            generation: u64::MAX,
+            slots: (0..slots).map(|_| None).collect(),
+            free: (0..slots as u32).rev().collect(),
+            requeue: RequeueRing::new(slots),
+            selector: Selector::default(),
+            opts,
+            clock: Instant::now(),
+            scratch: Vec::with_capacity(256),
+            inbox,
+            stats: ChannelStats::default(),
+        };
+        ch.refresh();
+        Ok(ch)
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &Arc<MpNamespace> {
+        &self.ns
+    }
+
+    /// Switches the path policy.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.opts.policy = policy;
+    }
+
+    /// What the channel did so far.
+    pub fn stats(&self) -> ChannelStats {
+        self.stats
+    }
+
+    /// Commands held (in flight or waiting to be resent).
+    pub fn outstanding(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// Commands in flight on each path (for tests and tools).
+    pub fn in_flight_per_path(&self) -> Vec<usize> {
+        self.qps
+            .iter()
+            .map(|q| q.as_ref().map_or(0, |q| q.in_flight()))
+            .collect()
+    }
+
+    #[inline]
+    fn now_ns(&self) -> u64 {
+        self.clock.elapsed().as_nanos() as u64
+    }
+
+    /// Re-reads path states (after the generation moved) and takes queue pairs the control plane
+    /// left for re-attached paths.
+    fn refresh(&mut self) {
+        self.generation = self.ns.generation();
+        let mut inbox = self.inbox.lock().unwrap();
+        for (i, qp) in inbox.drain(..) {
+            if i < self.qps.len() {
+                let (info, c, q) = path_params(&self.ns, i, &self.opts);
+                self.infos[i] = info;
+                self.crdt[i] = c;
+                self.cqt_ns[i] = q;
+                // Commands on the old queue pair were failed when its controller went away.
+                self.qps[i] = Some(qp);
+            }
+        }
+        drop(inbox);
+        for (i, s) in self.ns.statuses().into_iter().enumerate() {
+            self.status[i] = if self.qps[i].is_some() {
+                s
+            } else if s == PathStatus::Gone {
+                s
+            } else {
+                PathStatus::Waiting
+            };
+        }
+    }
+
+    fn pick(&mut self, exclude: Option<usize>) -> Option<usize> {
+        for (i, q) in self.qps.iter().enumerate() {
+            self.in_flight[i] = q.as_ref().map_or(0, |q| q.in_flight());
+        }
+        self.selector
+            .pick(self.opts.policy, &self.status, &self.in_flight, exclude)
+    }
+
+    fn any_waiting(&self) -> bool {
+        self.status.contains(&PathStatus::Waiting)
+    }
+
+    /// Builds and queues the command of `slot` on path `p`.
+    #[inline]
+    fn issue(&mut self, p: usize, slot: u32) -> Result<(), SubmitError> {
+        let s = self.slots[slot as usize]
+            .as_mut()
+            .expect("issued slot is live");
+        let qp = self.qps[p].as_mut().expect("picked path has a queue pair");
+        let info = &self.infos[p];
+        let tag = slot as u64;
+        let r = match s.desc.kind {
+            IoKind::Read { lba, blocks } => {
+                let buf = s.desc.data.as_ref().expect("read has a buffer");
+                qp.read(info, lba, blocks, buf, 0, tag)
+            }
+            IoKind::Write { lba, blocks } => {
+                let buf = s.desc.data.as_ref().expect("write has a buffer");
+                qp.write(info, lba, blocks, buf, 0, tag)
+            }
+            IoKind::Passthru { mut cmd, .. } => {
+                if cmd.nsid != 0 && cmd.nsid != u32::MAX {
+                    cmd.nsid = info.nsid;
+                }
+                let data = s.desc.data.as_ref().map(DataRef::whole);
+                let md = s.desc.metadata.as_ref().map(DataRef::whole);
+                qp.passthru(&cmd, data, md, tag)
+            }
+        };
+        if r.is_ok() {
+            s.path = p as u16;
+        }
+        r
+    }
+
+    /// Submits a command. On refusal the descriptor comes back untouched.
+    ///
+    /// # Errors
+    /// [`Refused`] with [`RefuseReason::Full`] (poll and retry), `NoPath`, or `Invalid`.
+    #[inline]
+    pub fn submit(&mut self, desc: IoDesc) -> Result<(), Box<Refused>> {
+        if self.generation != self.ns.generation() {
+            self.refresh();
+        }
+        let Some(slot) = self.free.pop() else {
+            return Err(Box::new(Refused {
+                reason: RefuseReason::Full,
+                desc,
+            }));
+        };
+        self.slots[slot as usize] = Some(Slot {
+            desc,
+            path: 0,
+            retries: 0,
+            failovers: 0,
+            retry_same: false,
+            not_before_ns: 0,
+            deadline_ns: 0,
+            last_error: None,
+        });
+        loop {
+            let Some(p) = self.pick(None) else {
+                if self.any_waiting() {
+                    // Wait on the ring for a path to come back.
+                    let now = self.now_ns();
+                    let s = self.slots[slot as usize].as_mut().unwrap();
+                    s.deadline_ns = now + self.opts.fast_fail_ms * 1_000_000;
+                    self.requeue.push(slot);
+                    return Ok(());
+                }
+                return Err(self.refuse(slot, RefuseReason::NoPath));
+            };
+            match self.issue(p, slot) {
+                Ok(()) => return Ok(()),
+                Err(SubmitError::QueueFull) => return Err(self.refuse(slot, RefuseReason::Full)),
+                Err(SubmitError::NotReady { .. }) => self.status[p] = PathStatus::Waiting,
+                Err(SubmitError::DeviceGone { .. }) => self.status[p] = PathStatus::Gone,
+                Err(e) => return Err(self.refuse(slot, RefuseReason::Invalid(e.to_string()))),
+            }
+        }
+    }
+
+    fn refuse(&mut self, slot: u32, reason: RefuseReason) -> Box<Refused> {
+        let s = self.slots[slot as usize].take().expect("live slot");
+        self.free.push(slot);
+        Box::new(Refused {
+            reason,
+            desc: s.desc,
+        })
+    }
+
+    /// Rings every path's doorbell for commands submitted since the last poll.
+    pub fn ring(&mut self) {
+        for q in self.qps.iter_mut().flatten() {
+            q.ring();
+        }
+    }
+
+    /// Polls every path, decides the fate of each completion, resends what is due from the
+    /// requeue ring, and hands up to `max` finished commands to `f`.
+    pub fn poll(&mut self, max: usize, mut f: impl FnMut(MpCompletion)) -> usize {
+        if self.generation != self.ns.generation() {
+            self.refresh();
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        for (p, q) in self.qps.iter_mut().enumerate() {
+            let Some(q) = q else { continue };
+            loop {
+                let r = q.poll(max, |c| scratch.push((p as u16, c)));
+                match r {
+                    Ok(_) => break,
+                    Err(e) => {
+                        self.stats.bad_completions += 1;
+                        log::warn!("{e}");
+                    }
+                }
+            }
+        }
+        let mut n = 0;
+        for (p, c) in scratch.drain(..) {
+            if self.dispose(p as usize, c, &mut f) {
+                n += 1;
+            }
+        }
+        self.scratch = scratch;
+        if !self.requeue.is_empty() {
+            n += self.drain_requeue(&mut f);
+        }
+        n
+    }
+
+    /// Applies the disposition rules to one completion. Returns true if it completed.
+    #[inline]
+    fn dispose(&mut self, p: usize, c: Completion, f: &mut impl FnMut(MpCompletion)) -> bool {
+        let slot = c.tag as u32;
+        let Some(s) = self.slots.get_mut(slot as usize).and_then(|s| s.as_mut()) else {
+            log::error!("completion for unknown channel slot {slot}");
+            return false;
+        };
+        let retries_left = s.retries < self.opts.retries;
+        let d = dispose(c.outcome, retries_left, self.crdt[p]);
+        if d == Disposition::Complete {
+            let result = match c.outcome {
+                Outcome::Status(st) if st.is_success() => Ok(c.dw0),
+                Outcome::Status(st) => Err(IoError::Status {
+                    ctrl: self.ns.path(p).ctrl.name().clone(),
+                    status: st,
+                }),
+                other => Err(IoError::Refused(other.to_string())),
+            };
+            self.complete(slot, result, f);
+            return true;
+        }
+        // Learn from the failure before resending.
+        match c.outcome {
+            Outcome::Status(st) if st.sct() == sct::PATH => {
+                let path = self.ns.path(p);
+                path.ana_stale
+                    .store(true, std::sync::atomic::Ordering::Release);
+                self.status[p] = if st.sc() == path_sc::ANA_PERSISTENT_LOSS {
+                    PathStatus::Gone
+                } else {
+                    PathStatus::Waiting
+                };
+            }
+            Outcome::Reset => self.status[p] = PathStatus::Waiting,
+            Outcome::Removed => self.status[p] = PathStatus::Gone,
+            _ => {}
+        }
+        let now = self.now_ns();
+        let s = self.slots[slot as usize].as_mut().unwrap();
+        s.last_error = Some(IoError::Status {
+            ctrl: self.ns.path(p).ctrl.name().clone(),
+            status: match c.outcome {
+                Outcome::Status(st) => st,
+                _ => Status::new(sct::PATH, path_sc::HOST_PATHING_ERROR),
+            },
+        });
+        match d {
+            Disposition::Retry { delay_ms } => {
+                s.retries += 1;
+                s.retry_same = true;
+                s.not_before_ns = now + delay_ms * 1_000_000;
+                self.stats.retries += 1;
+            }
+            Disposition::Failover => {
+                s.failovers += 1;
+                if s.failovers > self.opts.max_failovers {
+                    let last = format!("{}", c.outcome);
+                    let n = s.failovers;
+                    self.complete(slot, Err(IoError::TooManyFailovers(n, last)), f);
+                    return true;
+                }
+                s.retry_same = false;
+                s.not_before_ns = if s.desc.idempotent() {
+                    now
+                } else {
+                    self.stats.quiesce_waits += 1;
+                    now + self.cqt_ns[p]
+                };
+                self.stats.failovers += 1;
+            }
+            Disposition::Complete => unreachable!(),
+        }
+        s.deadline_ns = s.not_before_ns + self.opts.fast_fail_ms * 1_000_000;
+        let pushed = self.requeue.push(slot);
+        debug_assert!(pushed, "the ring holds every slot");
+        false
+    }
+
+    fn complete(
+        &mut self,
+        slot: u32,
+        result: Result<u32, IoError>,
+        f: &mut impl FnMut(MpCompletion),
+    ) {
+        let s = self.slots[slot as usize].take().expect("live slot");
+        self.free.push(slot);
+        self.stats.completed += 1;
+        if matches!(result, Err(IoError::NoPath)) {
+            self.stats.no_path += 1;
+        }
+        f(MpCompletion {
+            tag: s.desc.tag,
+            result,
+            data: s.desc.data,
+            metadata: s.desc.metadata,
+        });
+    }
+
+    /// Resends what is due from the requeue ring. Returns how many completed (with errors).
+    #[cold]
+    fn drain_requeue(&mut self, f: &mut impl FnMut(MpCompletion)) -> usize {
+        let now = self.now_ns();
+        let mut done = 0;
+        for _ in 0..self.requeue.len() {
+            let slot = self.requeue.pop().expect("len checked");
+            let s = self.slots[slot as usize]
+                .as_ref()
+                .expect("queued slot is live");
+            if s.not_before_ns > now {
+                self.requeue.push(slot);
+                continue;
+            }
+            let (last, retry_same, deadline_ns) = (s.path as usize, s.retry_same, s.deadline_ns);
+            let target = if retry_same && self.status[last].usable() {
+                Some(last)
+            } else {
+                self.pick(Some(last))
+            };
+            let Some(p) = target else {
+                if self.any_waiting() && now < deadline_ns {
+                    self.requeue.push(slot);
+                } else {
+                    self.complete(slot, Err(IoError::NoPath), f);
+                    done += 1;
+                }
+                continue;
+            };
+            match self.issue(p, slot) {
+                Ok(()) => {}
+                Err(SubmitError::QueueFull) => {
+                    self.requeue.push(slot);
+                }
+                Err(SubmitError::NotReady { .. }) => {
+                    self.status[p] = PathStatus::Waiting;
+                    self.requeue.push(slot);
+                }
+                Err(SubmitError::DeviceGone { .. }) => {
+                    self.status[p] = PathStatus::Gone;
+                    self.requeue.push(slot);
+                }
+                Err(e) => {
+                    self.complete(slot, Err(IoError::Refused(e.to_string())), f);
+                    done += 1;
+                }
+            }
+        }
+        done
+    }
+}

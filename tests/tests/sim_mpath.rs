@@ -1,0 +1,512 @@
+//! Multipath failover on the simulated dual-controller subsystem: a verify workload on two cores
+//! while one path gets every fault kind in turn, then a seeded stress of mixed failures. Every
+//! command must complete exactly once, successfully, with the data it should have.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vfnvme::sim::{FaultMatch, NsConfig, SimSubsystem};
+use vfnvme::spec::log::AnaState;
+use vfnvme::spec::status::{path, sct};
+use vfnvme::spec::{NvmOpcode, Status};
+use vfnvme::{Controller, ControllerOptions, PassthruCmd, QueueOptions};
+use vfnvme_hugepages::{DmaBuf, DmaPool, PagePolicy};
+use vfnvme_mpath::{
+    Channel, ChannelOptions, IoDesc, MpNamespace, MpathControl, Policy, ReconnectOptions, Subsystem,
+};
+
+const BLOCK: usize = 512;
+const IO_BLOCKS: u32 = 8;
+const IO_BYTES: usize = BLOCK * IO_BLOCKS as usize;
+
+fn checksum(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
+        (h ^ x as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// Fills every 512-byte block of `buf` with its LBA, a generation and a checksum of the rest.
+fn stamp(buf: &DmaBuf, lba: u64, gen: u64) {
+    let mut v = vec![0u8; IO_BYTES];
+    for (i, blk) in v.chunks_mut(BLOCK).enumerate() {
+        let l = lba + i as u64;
+        blk[0..8].copy_from_slice(&l.to_le_bytes());
+        blk[8..16].copy_from_slice(&gen.to_le_bytes());
+        for (k, b) in blk[24..].iter_mut().enumerate() {
+            *b = (l as usize * 131 + gen as usize * 7 + k) as u8;
+        }
+        let c = checksum(&blk[24..]);
+        blk[16..24].copy_from_slice(&c.to_le_bytes());
+    }
+    buf.write(0, &v);
+}
+
+/// Checks what `stamp` wrote; returns a description of the first problem.
+fn check(buf: &DmaBuf, lba: u64, gen: u64) -> Result<(), String> {
+    let v = buf.to_vec();
+    for (i, blk) in v[..IO_BYTES].chunks(BLOCK).enumerate() {
+        let l = u64::from_le_bytes(blk[0..8].try_into().unwrap());
+        let g = u64::from_le_bytes(blk[8..16].try_into().unwrap());
+        let c = u64::from_le_bytes(blk[16..24].try_into().unwrap());
+        if l != lba + i as u64 {
+            return Err(format!("block {}: holds lba {l}", lba + i as u64));
+        }
+        if g != gen {
+            return Err(format!("block {l}: generation {g}, expected {gen}"));
+        }
+        if c != checksum(&blk[24..]) {
+            return Err(format!("block {l}: bad checksum"));
+        }
+    }
+    Ok(())
+}
+
+struct World {
+    sim: SimSubsystem,
+    pool: Arc<DmaPool>,
+    ns: Arc<MpNamespace>,
+}
+
+fn world(cqt_ms: u16) -> World {
+    let sim = SimSubsystem::builder()
+        .controllers(2)
+        .namespace(NsConfig::ram(1, 16 << 20))
+        .cqt_ms(cqt_ms)
+        .crdt([1, 1, 1])
+        .build();
+    let pool = DmaPool::new(PagePolicy::Small);
+    let ctrls: Vec<Controller> = (0..2)
+        .map(|i| {
+            Controller::open(
+                sim.controller(i),
+                pool.clone(),
+                ControllerOptions::default(),
+            )
+            .unwrap()
+        })
+        .collect();
+    let subs = Subsystem::group(ctrls).unwrap();
+    assert_eq!(subs.len(), 1, "one subsystem");
+    assert_eq!(subs[0].ctrls.len(), 2);
+    let ns = subs[0].namespace(1).unwrap();
+    World { sim, pool, ns }
+}
+
+fn chan_opts() -> ChannelOptions {
+    ChannelOptions {
+        queue: QueueOptions {
+            size: 64,
+            timeout_ms: 100,
+        },
+        policy: Policy::RoundRobin { min_ios: 1 },
+        slots: 64,
+        fast_fail_ms: 20_000,
+        default_cqt_ms: 5,
+        // The stress run injects hundreds of retryable errors; one command may draw several.
+        retries: 100,
+        max_failovers: 200,
+        ..Default::default()
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    submitted: AtomicU64,
+    completed: AtomicU64,
+    verified: AtomicU64,
+    failovers: AtomicU64,
+    retries: AtomicU64,
+}
+
+/// One core's verify loop over its own LBA range until `stop`: write every slot with a new
+/// generation, read every slot back and check it. Alternates plain and passthrough commands.
+fn worker(
+    core: u64,
+    ns: Arc<MpNamespace>,
+    pool: Arc<DmaPool>,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+) {
+    let mut ch = Channel::new(&ns, chan_opts()).unwrap();
+    let qd = 16u64;
+    let base = core * 4096;
+    let mut bufs: Vec<Option<DmaBuf>> = (0..qd)
+        .map(|_| Some(pool.alloc(IO_BYTES, 4096).unwrap()))
+        .collect();
+    let mut gen = 0u64;
+    let mut round = 0u64;
+    while !stop.load(Ordering::Relaxed) || round < 2 {
+        gen += 1;
+        for read_phase in [false, true] {
+            let passthru = round % 2 == 1;
+            let mut pending: HashSet<u64> = HashSet::new();
+            for i in 0..qd {
+                let lba = base + i * IO_BLOCKS as u64;
+                let buf = bufs[i as usize].take().unwrap();
+                if read_phase {
+                    buf.fill(0, IO_BYTES, 0);
+                } else {
+                    stamp(&buf, lba, gen);
+                }
+                let tag = (gen << 20) | (read_phase as u64) << 16 | i;
+                let desc = if passthru {
+                    let op = if read_phase {
+                        NvmOpcode::READ.0
+                    } else {
+                        NvmOpcode::WRITE.0
+                    };
+                    let cmd = PassthruCmd {
+                        opcode: op,
+                        nsid: 1,
+                        cdw10_15: [lba as u32, (lba >> 32) as u32, IO_BLOCKS - 1, 0, 0, 0],
+                        ..Default::default()
+                    };
+                    IoDesc::passthru(cmd, Some(buf), None, read_phase, tag)
+                } else if read_phase {
+                    IoDesc::read(lba, IO_BLOCKS, buf, tag)
+                } else {
+                    IoDesc::write(lba, IO_BLOCKS, buf, tag)
+                };
+                let mut desc = desc;
+                loop {
+                    match ch.submit(desc) {
+                        Ok(()) => break,
+                        Err(r) => {
+                            assert_eq!(
+                                r.reason,
+                                vfnvme_mpath::channel::RefuseReason::Full,
+                                "core {core}: refused"
+                            );
+                            desc = r.desc;
+                            ch.poll(64, |c| panic!("unexpected early completion {:?}", c.tag));
+                        }
+                    }
+                }
+                assert!(pending.insert(tag));
+                tally.submitted.fetch_add(1, Ordering::Relaxed);
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !pending.is_empty() {
+                ch.poll(64, |c| {
+                    assert!(
+                        pending.remove(&c.tag),
+                        "core {core}: tag {:#x} completed twice or unknown",
+                        c.tag
+                    );
+                    tally.completed.fetch_add(1, Ordering::Relaxed);
+                    let i = c.tag & 0xffff;
+                    if let Err(e) = &c.result {
+                        panic!("core {core} gen {gen} slot {i} read={read_phase}: {e}");
+                    }
+                    let buf = c.data.expect("buffer comes back");
+                    if read_phase {
+                        let lba = base + i * IO_BLOCKS as u64;
+                        if let Err(e) = check(&buf, lba, gen) {
+                            panic!("core {core}: corrupted data: {e}");
+                        }
+                        tally.verified.fetch_add(1, Ordering::Relaxed);
+                    }
+                    bufs[i as usize] = Some(buf);
+                });
+                assert!(
+                    Instant::now() < deadline,
+                    "core {core}: {} commands never completed",
+                    pending.len()
+                );
+                std::hint::spin_loop();
+            }
+        }
+        round += 1;
+    }
+    assert_eq!(ch.outstanding(), 0);
+    tally
+        .failovers
+        .fetch_add(ch.stats().failovers, Ordering::Relaxed);
+    tally
+        .retries
+        .fetch_add(ch.stats().retries, Ordering::Relaxed);
+}
+
+fn run_with_faults(w: &World, inject: impl FnOnce(&World)) -> Arc<Tally> {
+    let control = MpathControl::new(
+        &[w.ns.clone()],
+        ReconnectOptions {
+            reconnect_delay: Duration::from_millis(20),
+            ctrl_loss_timeout: Duration::from_secs(30),
+            interval: Duration::from_millis(1),
+        },
+    )
+    .spawn();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let workers: Vec<_> = (0..2)
+        .map(|core| {
+            let (ns, pool, stop, tally) =
+                (w.ns.clone(), w.pool.clone(), stop.clone(), tally.clone());
+            std::thread::spawn(move || worker(core, ns, pool, stop, tally))
+        })
+        .collect();
+    inject(w);
+    stop.store(true, Ordering::Relaxed);
+    for h in workers {
+        h.join().expect("worker failed");
+    }
+    drop(control);
+    let t = &tally;
+    assert_eq!(
+        t.submitted.load(Ordering::Relaxed),
+        t.completed.load(Ordering::Relaxed)
+    );
+    assert!(t.verified.load(Ordering::Relaxed) > 0);
+    tally
+}
+
+fn pause(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+/// Waits until the controller is live again (after a reset by the control plane).
+fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        pause(5);
+    }
+}
+
+#[test]
+fn every_fault_kind_in_turn_loses_nothing() {
+    let w = world(20);
+    let tally = run_with_faults(&w, |w| {
+        let c0 = w.sim.controller(0);
+        pause(100);
+        // 1. Path status on I/O.
+        c0.faults().fail_matching(
+            FaultMatch::io(),
+            Status::new(sct::PATH, path::INTERNAL_PATH_ERROR),
+            Some(30),
+        );
+        pause(150);
+        c0.faults().clear();
+        // 2. Controller fatal status: reset and recovery.
+        c0.faults().set_cfs();
+        pause(200);
+        until("path 0 back after CFS", || {
+            w.ns.path(0).ctrl.state() == vfnvme::CtrlState::Live
+        });
+        // 3. Dropped commands: timeout, abort, reset.
+        c0.faults().drop_commands(6);
+        pause(600);
+        until("path 0 back after timeouts", || {
+            w.ns.path(0).ctrl.state() == vfnvme::CtrlState::Live
+        });
+        // 4. ANA inaccessible, then optimized again.
+        c0.faults().set_ana_state(1, AnaState::INACCESSIBLE);
+        pause(150);
+        c0.faults().set_ana_state(1, AnaState::OPTIMIZED);
+        pause(100);
+        // 5. ANA transition.
+        c0.faults().set_ana_state(1, AnaState::CHANGE);
+        pause(150);
+        c0.faults().set_ana_state(1, AnaState::OPTIMIZED);
+        pause(100);
+        // 6. Persistent loss, then back.
+        c0.faults().set_ana_state(1, AnaState::PERSISTENT_LOSS);
+        pause(150);
+        c0.faults().set_ana_state(1, AnaState::OPTIMIZED);
+        pause(100);
+        // 7. Surprise removal; then the port comes back and is re-attached.
+        c0.faults().surprise_remove();
+        until("path 0 gone", || {
+            w.ns.path(0).status() == vfnvme_mpath::PathStatus::Gone
+        });
+        pause(100);
+        c0.faults().restore();
+        let ctrl =
+            Controller::open(c0.clone(), w.pool.clone(), ControllerOptions::default()).unwrap();
+        w.ns.reattach(0, ctrl).unwrap();
+        pause(200);
+    });
+    assert!(
+        tally.failovers.load(Ordering::Relaxed) > 0,
+        "faults caused failovers"
+    );
+    // The re-attached path carries I/O again.
+    let before = w.sim.controller(0).stats().io(NvmOpcode::READ.0);
+    run_with_faults(&w, |_| pause(100));
+    assert!(
+        w.sim.controller(0).stats().io(NvmOpcode::READ.0) > before,
+        "path 0 carries I/O after re-attach"
+    );
+}
+
+#[test]
+fn seeded_stress_of_mixed_failures() {
+    let w = world(2);
+    let tally = run_with_faults(&w, |w| {
+        let mut seed = 0x5eed_1234_u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut injected = 0;
+        while injected < 1000 {
+            let c = w.sim.controller((next() % 2) as usize);
+            match next() % 5 {
+                0 | 1 => {
+                    c.faults().fail_next(
+                        1,
+                        Status::new(
+                            sct::PATH,
+                            [path::INTERNAL_PATH_ERROR, path::ANA_TRANSITION]
+                                [(next() % 2) as usize],
+                        ),
+                    );
+                }
+                2 => {
+                    c.faults().fail_next(1, Status::new(0, 0x82).with_crd(0));
+                }
+                3 => {
+                    c.faults().fail_matching(
+                        FaultMatch::io().opcode(NvmOpcode::WRITE.0),
+                        Status::new(sct::PATH, path::CONTROLLER_PATHING_ERROR),
+                        Some(1),
+                    );
+                }
+                _ => {
+                    c.faults().fail_matching(
+                        FaultMatch::io().opcode(NvmOpcode::READ.0),
+                        Status::new(sct::PATH, path::HOST_PATHING_ERROR).with_dnr(true),
+                        Some(1),
+                    );
+                }
+            }
+            injected += 1;
+            if injected % 50 == 0 {
+                pause(5);
+            }
+        }
+        pause(200);
+        w.sim.controller(0).faults().clear();
+        w.sim.controller(1).faults().clear();
+    });
+    let hit = tally.failovers.load(Ordering::Relaxed) + tally.retries.load(Ordering::Relaxed);
+    eprintln!("stress: {hit} failovers and retries");
+    assert!(hit >= 500, "most injected failures hit a command ({hit})");
+}
+
+#[test]
+fn writes_wait_out_cqt_and_reads_go_at_once() {
+    let w = world(400);
+    let _control = MpathControl::new(&[w.ns.clone()], ReconnectOptions::default()).spawn();
+    let mut ch = Channel::new(
+        &w.ns,
+        ChannelOptions {
+            policy: Policy::ActivePassive {
+                preferred: 0,
+                failback: false,
+            },
+            ..chan_opts()
+        },
+    )
+    .unwrap();
+    let c0 = w.sim.controller(0);
+    let c1 = w.sim.controller(1);
+    c0.faults().fail_matching(
+        FaultMatch::io(),
+        Status::new(sct::PATH, path::INTERNAL_PATH_ERROR),
+        Some(2),
+    );
+    let wbuf = w.pool.alloc(IO_BYTES, 4096).unwrap();
+    stamp(&wbuf, 0, 1);
+    let rbuf = w.pool.alloc(IO_BYTES, 4096).unwrap();
+    let (w1, r1) = (
+        c1.stats().io(NvmOpcode::WRITE.0),
+        c1.stats().io(NvmOpcode::READ.0),
+    );
+    let start = Instant::now();
+    ch.submit(IoDesc::write(64, IO_BLOCKS, wbuf, 1)).unwrap();
+    ch.submit(IoDesc::read(128, IO_BLOCKS, rbuf, 2)).unwrap();
+    let mut done = Vec::new();
+    // Both fail on path 0 at once (inline sim); the read is resent on path 1 within a few polls.
+    for _ in 0..100 {
+        ch.poll(8, |c| done.push((c.tag, start.elapsed(), c.result.is_ok())));
+    }
+    assert_eq!(
+        c1.stats().io(NvmOpcode::READ.0),
+        r1 + 1,
+        "read resent at once"
+    );
+    if start.elapsed() < Duration::from_millis(400) {
+        assert_eq!(
+            c1.stats().io(NvmOpcode::WRITE.0),
+            w1,
+            "write held back during CQT"
+        );
+    }
+    while done.len() < 2 {
+        ch.poll(8, |c| done.push((c.tag, start.elapsed(), c.result.is_ok())));
+        assert!(start.elapsed() < Duration::from_secs(10));
+    }
+    assert!(done.iter().all(|d| d.2), "both succeeded on path 1");
+    let write_done = done.iter().find(|d| d.0 == 1).unwrap().1;
+    assert!(
+        write_done >= Duration::from_millis(400),
+        "write resent only after CQT ({write_done:?})"
+    );
+    assert_eq!(c1.stats().io(NvmOpcode::WRITE.0), w1 + 1);
+    assert!(ch.stats().quiesce_waits >= 1);
+}
+
+#[test]
+fn no_path_completes_with_a_clear_error() {
+    let w = world(1);
+    let mut ch = Channel::new(
+        &w.ns,
+        ChannelOptions {
+            fast_fail_ms: 50,
+            ..chan_opts()
+        },
+    )
+    .unwrap();
+    w.sim.controller(0).faults().surprise_remove();
+    w.sim.controller(1).faults().surprise_remove();
+    for p in w.ns.paths() {
+        p.ctrl.service();
+    }
+    w.ns.publish();
+    let buf = w.pool.alloc(IO_BYTES, 4096).unwrap();
+    let r = ch.submit(IoDesc::read(0, IO_BLOCKS, buf, 1)).unwrap_err();
+    assert_eq!(r.reason, vfnvme_mpath::channel::RefuseReason::NoPath);
+    assert!(r.desc.data.is_some(), "buffer handed back");
+}
+
+#[test]
+fn mismatched_namespaces_are_not_merged() {
+    let a = SimSubsystem::builder()
+        .controllers(1)
+        .namespace(NsConfig::ram(1, 1 << 20))
+        .build();
+    let b = SimSubsystem::builder()
+        .controllers(1)
+        .namespace(NsConfig::ram(1, 2 << 20))
+        .build();
+    let pool = DmaPool::new(PagePolicy::Small);
+    let ca = Controller::open(a.controller(0), pool.clone(), ControllerOptions::default()).unwrap();
+    let cb = Controller::open(b.controller(0), pool, ControllerOptions::default()).unwrap();
+    // Two different simulated subsystems: different SUBNQNs, two groups.
+    let subs = Subsystem::group(vec![ca.clone(), cb.clone()]).unwrap();
+    assert_eq!(subs.len(), 2);
+    // Forcing them into one subsystem: the namespace differs, so no merge.
+    let forced = Subsystem {
+        subnqn: "forced".into(),
+        ctrls: vec![ca, cb],
+    };
+    let e = forced.namespace(1).err().expect("mismatch must be refused");
+    assert!(e.to_string().contains("refusing to merge"), "{e}");
+    assert!(forced.namespace(7).is_err());
+}
