@@ -158,10 +158,7 @@ impl IovaSpace {
         let align_up = |v: u64| v.checked_add(align - 1).map(|x| x & !(align - 1));
         for &(rs, re) in &self.ranges {
             let mut cand = align_up(rs.max(MIN_ALLOC_IOVA))?;
-            loop {
-                let Some(last) = cand.checked_add(len - 1) else {
-                    break;
-                };
+            while let Some(last) = cand.checked_add(len - 1) {
                 if cand < rs || last > re {
                     break;
                 }

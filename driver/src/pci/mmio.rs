@@ -248,7 +248,7 @@ impl Bar {
     #[inline]
     fn at(&self, offset: usize) -> *mut u32 {
         assert!(
-            offset % 4 == 0 && offset.checked_add(4).is_some_and(|e| e <= self.len),
+            offset & 3 == 0 && offset.checked_add(4).is_some_and(|e| e <= self.len),
             "BAR access out of bounds or misaligned: offset {offset:#x}, BAR {:#x} bytes",
             self.len
         );

@@ -189,7 +189,7 @@ fn open_type1(infos: &[GroupInfo], opts: &VfioOptions) -> Result<Vec<Arc<VfioFun
                     opened = Some((idx, d));
                     break;
                 }
-                Err(VfioError::GroupSetContainer) if idx + 1 <= slots.len() => {
+                Err(VfioError::GroupSetContainer) => {
                     log::info!(
                         "{}: group {} does not fit the container of {:?}; trying another",
                         info.bdf,

@@ -601,8 +601,8 @@ impl SimController {
         if offset & 3 != 0 {
             return Reply::err(INVALID_FIELD);
         }
-        let mdts = self.mdts_bytes();
-        if len > mdts {
+        // Log pages here are small; an unlimited MDTS still caps a transfer at 4 MiB.
+        if len > self.mdts_bytes().min(4 << 20) {
             return Reply::err(INVALID_FIELD);
         }
         let (page, event_type): (Vec<u8>, Option<u8>) = match log_id {

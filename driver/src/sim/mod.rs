@@ -7,11 +7,12 @@
 //!
 //! The controller behaves like a device, not like a mock of the driver: it fetches SQEs from the
 //! rings at the IOVAs the host programmed (ASQ/ACQ, Create I/O SQ/CQ PRP1), walks PRPs with the
-//! spec's rules ([`prp`]), translates every address through its own DMA domain ([`dma`]; an IOVA
-//! of another controller or an unmapped one is a Data Transfer Error), and posts CQEs with phase
-//! tags into the host's CQ ring. Registers and the enable/disable/shutdown handshakes live in
-//! [`regs`], command execution in `engine`, `admin` and `io`, namespaces in [`ns`] and fault
-//! injection in [`fault`].
+//! spec's rules (`prp`), translates every address through its own DMA domain (`dma`, see
+//! [`SimMapper`]; an IOVA of another controller or an unmapped one is a Data Transfer Error), and
+//! posts CQEs with phase tags into the host's CQ ring. Registers and the enable, disable and
+//! shutdown handshakes live in `regs`, queue state and completion posting in `queue`, command
+//! execution in `engine`, `admin` and `io`, namespaces in `ns` and fault injection in `fault`
+//! (see [`Faults`]).
 //!
 //! **Two ways to run.** Inline (the default): an SQ tail doorbell write processes the new entries
 //! in the writer's thread and posts their completions before `write32` returns; a CQ head
@@ -29,14 +30,14 @@
 #![forbid(unsafe_code)]
 
 mod admin;
-pub mod dma;
+mod dma;
 mod engine;
-pub mod fault;
+mod fault;
 mod io;
-pub mod ns;
-pub mod prp;
+mod ns;
+mod prp;
 mod queue;
-pub mod regs;
+mod regs;
 
 #[cfg(test)]
 mod tests;

@@ -99,7 +99,7 @@ pub(crate) fn walk(
             return Err(PRP_OFFSET_INVALID);
         }
         for i in 0..in_page {
-            let e = entry(view, list + 8 * i as u64)?;
+            let e = entry(view, list.wrapping_add(8 * i as u64))?;
             if i == in_page - 1 && remaining > page {
                 // Chain to the next list page.
                 if e & mask != 0 {

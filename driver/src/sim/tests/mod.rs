@@ -343,4 +343,3 @@ pub(super) fn fill_pattern(buf: &DmaBuf, seed: u8) {
         .collect();
     buf.write(0, &v);
 }
-mod perf_tmp;

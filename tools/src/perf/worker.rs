@@ -1,0 +1,989 @@
+//! The per-core I/O loop.
+//!
+//! One pinned thread per core owns, for every namespace it runs on, `-P` queue pairs (or
+//! multipath channels) and `-q` queue slots. Each slot has its DMA buffer, allocated once from
+//! the core's [`DmaCache`]; its index is the command tag, so a completion finds its buffer and
+//! submission time with one array index. The loop:
+//!
+//! 1. polls each namespace's queues; completions go into a preallocated array;
+//! 2. if any arrived, reads the clock once: that is the completion time of the batch (latency =
+//!    now − submission time, recorded into the core's histogram) and the submission time of the
+//!    slots resubmitted right after;
+//! 3. resubmits the freed slots (the doorbell is rung once, by the next poll).
+//!
+//! Nothing on this path allocates, locks, or divides: LBAs come from [`WyRand`] and a
+//! multiply-shift, sequential cursors wrap with a compare, errors are counted into a table
+//! indexed by (status code type, status code). Progress is published with one relaxed atomic
+//! store per batch to a cache line owned by the core.
+//!
+//! `verify` also keeps, per I/O unit of the worker's disjoint LBA range, the generation last
+//! written and an in-flight flag; after the timed phase it reads back every unit written and
+//! checks it (see [`super::verify`]).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Barrier};
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use vfnvme::qpair::SubmitError;
+use vfnvme::spec::Status;
+use vfnvme::{NsInfo, Outcome, QueueOptions, QueuePair};
+use vfnvme_hugepages::{DmaBuf, DmaCache, DmaPool};
+use vfnvme_mpath::channel::RefuseReason;
+use vfnvme_mpath::{Channel, ChannelOptions, IoDesc, IoError, Policy};
+
+use super::args::Workload;
+use super::rng::{mix, percent_threshold, WyRand};
+use super::target::NsTarget;
+use super::verify::{Mismatch, VerifyState};
+
+/// Highest latency the histograms hold (longer ones are clamped): 100 s.
+pub const HIST_MAX_NS: u64 = 100_000_000_000;
+
+/// Longest wait for in-flight I/O after the run before giving up on it.
+pub const DRAIN_LIMIT_NS: u64 = 60_000_000_000;
+
+/// Run parameters shared by every core.
+#[derive(Clone, Debug)]
+pub struct WorkerParams {
+    /// Slots per namespace.
+    pub queue_depth: usize,
+    /// Bytes per I/O.
+    pub io_size: u64,
+    /// Workload.
+    pub workload: Workload,
+    /// Percentage of reads.
+    pub read_pct: u8,
+    /// Queues (queue pairs or channels) per namespace.
+    pub qpairs: usize,
+    /// Entries per I/O queue.
+    pub io_queue_size: u16,
+    /// Command timeout.
+    pub io_timeout_ms: u32,
+    /// Multipath policy.
+    pub policy: Policy,
+    /// Warm-up, ns.
+    pub warmup_ns: u64,
+    /// Measuring time, ns (None: until the I/O budget is spent).
+    pub duration_ns: Option<u64>,
+    /// Measured I/Os per core.
+    pub number_ios: Option<u64>,
+    /// PRNG seed.
+    pub seed: u64,
+    /// Verify: units whose expected generation is corrupted before the read-back.
+    pub inject_mismatch: u64,
+}
+
+/// One namespace of one core: where in the namespace it works.
+#[derive(Clone)]
+pub struct NsPlan {
+    /// The namespace.
+    pub target: NsTarget,
+    /// First I/O unit (in units of one I/O) of the range.
+    pub first_unit: u64,
+    /// Units in the range.
+    pub units: u64,
+    /// Where a sequential workload starts, relative to `first_unit`.
+    pub seq_start: u64,
+    /// Global index of this (core, namespace) pair, for seeds and mismatch injection.
+    pub worker_index: usize,
+}
+
+/// Progress counters of one core, on their own cache line.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct CoreProgress {
+    /// Successful I/Os since the start (warm-up included).
+    pub ios: AtomicU64,
+    /// Failed I/Os since the start.
+    pub errors: AtomicU64,
+}
+
+/// What the cores and the main thread share.
+pub struct Shared {
+    /// Per core, by core index.
+    pub progress: Vec<CoreProgress>,
+    /// Set by the main thread to stop every core (setup failed elsewhere, or interrupted).
+    pub abort: AtomicBool,
+    /// Start line: every core and the main thread.
+    pub start: Barrier,
+}
+
+impl Shared {
+    /// For `cores` worker threads plus the main thread.
+    pub fn new(cores: usize) -> Shared {
+        Shared {
+            progress: (0..cores).map(|_| CoreProgress::default()).collect(),
+            abort: AtomicBool::new(false),
+            start: Barrier::new(cores + 1),
+        }
+    }
+}
+
+/// Why an I/O failed. `Copy` and small: stored per completion in the batch array.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fail {
+    /// It succeeded.
+    None,
+    /// The device returned this status (SCT and SC bits).
+    Status(u16),
+    /// Timed out (aborted or reset by the control plane).
+    TimedOut,
+    /// The controller was reset while it was in flight.
+    Reset,
+    /// The controller was removed while it was in flight.
+    Removed,
+    /// Multipath: no usable path.
+    NoPath,
+    /// Multipath: failed over too many times.
+    TooManyFailovers,
+    /// Refused by the driver at submission (bad buffer, too large).
+    Refused,
+    /// Submission refused: the controller is not live.
+    NotReady,
+    /// Submission refused: the device is gone.
+    Gone,
+    /// The device posted a completion for an unknown or stale command id.
+    BadCompletion,
+}
+
+const OTHER_KINDS: [(Fail, &str); 9] = [
+    (Fail::TimedOut, "command timed out"),
+    (Fail::Reset, "controller reset while in flight"),
+    (Fail::Removed, "controller removed while in flight"),
+    (Fail::NoPath, "no usable path (multipath)"),
+    (Fail::TooManyFailovers, "too many failovers (multipath)"),
+    (Fail::Refused, "refused by the driver at submission"),
+    (Fail::NotReady, "submission refused: controller not ready"),
+    (Fail::Gone, "submission refused: device gone"),
+    (
+        Fail::BadCompletion,
+        "bad completion from device (unknown command id)",
+    ),
+];
+
+impl Fail {
+    #[inline]
+    fn of(outcome: Outcome) -> Fail {
+        match outcome {
+            Outcome::Status(s) if s.is_success() => Fail::None,
+            Outcome::Status(s) => Fail::Status(s.0 & 0x7ff),
+            Outcome::TimedOut => Fail::TimedOut,
+            Outcome::Reset => Fail::Reset,
+            Outcome::Removed => Fail::Removed,
+        }
+    }
+
+    #[inline]
+    fn of_mp(r: &Result<u32, IoError>) -> Fail {
+        match r {
+            Ok(_) => Fail::None,
+            Err(IoError::Status { status, .. }) => Fail::Status(status.0 & 0x7ff),
+            Err(IoError::NoPath) => Fail::NoPath,
+            Err(IoError::TooManyFailovers(..)) => Fail::TooManyFailovers,
+            Err(IoError::Refused(_)) => Fail::Refused,
+        }
+    }
+
+    fn other_index(self) -> Option<usize> {
+        OTHER_KINDS.iter().position(|(k, _)| *k == self)
+    }
+}
+
+/// One line of the error summary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorEntry {
+    /// Decoded status or kind.
+    pub label: String,
+    /// (SCT, SC) for device statuses.
+    pub code: Option<(u8, u8)>,
+    /// How many.
+    pub count: u64,
+}
+
+/// Error counts: a table indexed by (SCT, SC) (2048 entries, allocated once) plus the
+/// non-status kinds. Written only when an I/O fails.
+#[derive(Clone, Debug)]
+pub struct ErrorCounts {
+    status: Vec<u64>,
+    other: [u64; OTHER_KINDS.len()],
+}
+
+impl Default for ErrorCounts {
+    fn default() -> Self {
+        ErrorCounts {
+            status: vec![0; 2048],
+            other: [0; OTHER_KINDS.len()],
+        }
+    }
+}
+
+impl ErrorCounts {
+    /// Counts one failure.
+    #[cold]
+    pub fn add(&mut self, f: Fail) {
+        match f {
+            Fail::None => {}
+            Fail::Status(s) => self.status[(s & 0x7ff) as usize] += 1,
+            other => {
+                if let Some(i) = other.other_index() {
+                    self.other[i] += 1;
+                }
+            }
+        }
+    }
+
+    /// Adds `o`'s counts.
+    pub fn merge(&mut self, o: &ErrorCounts) {
+        for (a, b) in self.status.iter_mut().zip(&o.status) {
+            *a += b;
+        }
+        for (a, b) in self.other.iter_mut().zip(&o.other) {
+            *a += b;
+        }
+    }
+
+    /// All failures.
+    pub fn total(&self) -> u64 {
+        self.status.iter().sum::<u64>() + self.other.iter().sum::<u64>()
+    }
+
+    /// Non-zero counts, decoded, largest first.
+    pub fn entries(&self) -> Vec<ErrorEntry> {
+        let mut v: Vec<ErrorEntry> = self
+            .status
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 0)
+            .map(|(i, c)| {
+                let s = Status(i as u16);
+                ErrorEntry {
+                    label: s.to_string(),
+                    code: Some((s.sct(), s.sc())),
+                    count: *c,
+                }
+            })
+            .chain(
+                OTHER_KINDS
+                    .iter()
+                    .zip(&self.other)
+                    .filter(|(_, c)| **c > 0)
+                    .map(|((_, l), c)| ErrorEntry {
+                        label: (*l).to_string(),
+                        code: None,
+                        count: *c,
+                    }),
+            )
+            .collect();
+        v.sort_by_key(|e| std::cmp::Reverse(e.count));
+        v
+    }
+}
+
+/// Measured results of one namespace on one core.
+#[derive(Clone, Debug)]
+pub struct Stats {
+    /// Successful I/Os.
+    pub ios: u64,
+    /// Of which reads.
+    pub reads: u64,
+    /// Sum of latencies, ns.
+    pub lat_sum_ns: u64,
+    /// Smallest latency, ns (`u64::MAX` when none).
+    pub lat_min_ns: u64,
+    /// Largest latency, ns.
+    pub lat_max_ns: u64,
+    /// Latency histogram, ns.
+    pub hist: Histogram<u64>,
+    /// Failures.
+    pub errors: ErrorCounts,
+}
+
+impl Stats {
+    /// Empty statistics.
+    pub fn new() -> Stats {
+        Stats {
+            ios: 0,
+            reads: 0,
+            lat_sum_ns: 0,
+            lat_min_ns: u64::MAX,
+            lat_max_ns: 0,
+            hist: Histogram::new_with_bounds(1, HIST_MAX_NS, 3).expect("valid histogram bounds"),
+            errors: ErrorCounts::default(),
+        }
+    }
+
+    #[inline]
+    fn record(&mut self, lat: u64, read: bool) {
+        self.ios += 1;
+        self.reads += read as u64;
+        self.lat_sum_ns += lat;
+        self.lat_min_ns = self.lat_min_ns.min(lat);
+        self.lat_max_ns = self.lat_max_ns.max(lat);
+        self.hist.saturating_record(lat.max(1));
+    }
+
+    fn reset(&mut self) {
+        self.ios = 0;
+        self.reads = 0;
+        self.lat_sum_ns = 0;
+        self.lat_min_ns = u64::MAX;
+        self.lat_max_ns = 0;
+        self.hist.reset();
+        // Errors are kept: any failure, warm-up included, fails the run.
+    }
+
+    /// Adds `o` into `self`.
+    pub fn merge(&mut self, o: &Stats) {
+        self.ios += o.ios;
+        self.reads += o.reads;
+        self.lat_sum_ns += o.lat_sum_ns;
+        self.lat_min_ns = self.lat_min_ns.min(o.lat_min_ns);
+        self.lat_max_ns = self.lat_max_ns.max(o.lat_max_ns);
+        self.hist
+            .add(&o.hist)
+            .expect("histograms with equal bounds");
+        self.errors.merge(&o.errors);
+    }
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats::new()
+    }
+}
+
+/// Verify outcome of one namespace on one core.
+#[derive(Clone, Debug, Default)]
+pub struct VerifySummary {
+    /// Blocks checked (during the run and in the read-back).
+    pub blocks_checked: u64,
+    /// Reads of the read-back phase.
+    pub readback_ios: u64,
+    /// Mismatches by kind: wrong LBA, stale generation, bad checksum.
+    pub by_kind: [u64; 3],
+    /// The first few.
+    pub examples: Vec<Mismatch>,
+    /// Expected generations corrupted on purpose (`--inject-mismatch`).
+    pub injected: u64,
+}
+
+impl VerifySummary {
+    /// All mismatches.
+    pub fn mismatches(&self) -> u64 {
+        self.by_kind.iter().sum()
+    }
+}
+
+/// Results of one namespace on one core.
+#[derive(Clone, Debug)]
+pub struct RowResult {
+    /// Namespace name.
+    pub label: String,
+    /// Core id.
+    pub core: usize,
+    /// Measuring time of this core, ns.
+    pub elapsed_ns: u64,
+    /// Measured statistics.
+    pub stats: Stats,
+    /// Verify results.
+    pub verify: Option<VerifySummary>,
+}
+
+/// Results of one core.
+#[derive(Clone, Debug)]
+pub struct CoreResult {
+    /// Core id.
+    pub core: usize,
+    /// One per namespace.
+    pub rows: Vec<RowResult>,
+    /// I/Os still in flight when the drain limit ran out.
+    pub abandoned: u64,
+}
+
+enum Queues {
+    Direct { qps: Vec<QueuePair>, info: NsInfo },
+    Mpath { chs: Vec<Channel> },
+}
+
+enum SubmitFail {
+    Full,
+    Hard(Fail),
+}
+
+impl Queues {
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn submit(
+        &mut self,
+        q: usize,
+        write: bool,
+        lba: u64,
+        blocks: u32,
+        buf: &mut Option<DmaBuf>,
+        tag: u64,
+    ) -> Result<(), SubmitFail> {
+        match self {
+            Queues::Direct { qps, info } => {
+                let b = buf
+                    .as_ref()
+                    .expect("direct queue buffers stay in their slot");
+                let qp = &mut qps[q];
+                let r = if write {
+                    qp.write(info, lba, blocks, b, 0, tag)
+                } else {
+                    qp.read(info, lba, blocks, b, 0, tag)
+                };
+                r.map_err(|e| match e {
+                    SubmitError::QueueFull => SubmitFail::Full,
+                    SubmitError::NotReady { .. } => SubmitFail::Hard(Fail::NotReady),
+                    SubmitError::DeviceGone { .. } => SubmitFail::Hard(Fail::Gone),
+                    other => {
+                        log::error!("submission refused: {other}");
+                        SubmitFail::Hard(Fail::Refused)
+                    }
+                })
+            }
+            Queues::Mpath { chs } => {
+                let b = buf.take().expect("buffer back from its last completion");
+                let d = if write {
+                    IoDesc::write(lba, blocks, b, tag)
+                } else {
+                    IoDesc::read(lba, blocks, b, tag)
+                };
+                chs[q].submit(d).map_err(|r| {
+                    let r = *r;
+                    *buf = r.desc.data;
+                    match r.reason {
+                        RefuseReason::Full => SubmitFail::Full,
+                        RefuseReason::NoPath => SubmitFail::Hard(Fail::NoPath),
+                        RefuseReason::Invalid(why) => {
+                            log::error!("submission refused: {why}");
+                            SubmitFail::Hard(Fail::Refused)
+                        }
+                    }
+                })
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct SlotInfo {
+    unit: u64,
+    lba: u64,
+    ts: u64,
+    gen: u32,
+    write: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mix {
+    AllRead,
+    AllWrite,
+    Mixed(u64),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Run,
+    ReadBack { next: u64 },
+}
+
+/// One namespace of one core while running.
+struct NsCtx {
+    label: String,
+    queues: Queues,
+    slot_q: Vec<u16>,
+    bufs: Vec<Option<DmaBuf>>,
+    slots: Vec<SlotInfo>,
+    ready: Vec<u32>,
+    done: Vec<(u32, Fail)>,
+    in_flight: usize,
+    rng: WyRand,
+    random: bool,
+    mix: Mix,
+    units: u64,
+    cursor: u64,
+    first_lba: u64,
+    blocks: u32,
+    phase: Phase,
+    verify: Option<VerifyState>,
+    readback_ios: u64,
+    exhausted: bool,
+    injected: u64,
+    worker_index: usize,
+    stats: Stats,
+    completed: u64,
+    failed: u64,
+}
+
+impl NsCtx {
+    fn new(plan: &NsPlan, p: &WorkerParams, cache: &mut DmaCache) -> Result<NsCtx, String> {
+        let info = plan.target.info();
+        let qopts = QueueOptions {
+            size: p.io_queue_size,
+            timeout_ms: p.io_timeout_ms,
+        };
+        let per_queue = p.queue_depth.div_ceil(p.qpairs);
+        let queues = match &plan.target {
+            NsTarget::Direct { ctrl, info, label } => {
+                let mut qps = Vec::with_capacity(p.qpairs);
+                for _ in 0..p.qpairs {
+                    let qp = ctrl
+                        .io_queue_pair(qopts)
+                        .map_err(|e| format!("{label}: creating a queue pair: {e}"))?;
+                    if qp.capacity() < per_queue {
+                        return Err(format!(
+                            "{label}: the queue holds {} commands, fewer than the {per_queue} \
+                             needed (the controller limits queue size: lower -q or raise -P)",
+                            qp.capacity()
+                        ));
+                    }
+                    qps.push(qp);
+                }
+                Queues::Direct { qps, info: *info }
+            }
+            NsTarget::Mpath { ns, label } => {
+                let mut chs = Vec::with_capacity(p.qpairs);
+                for _ in 0..p.qpairs {
+                    let ch = Channel::new(
+                        ns,
+                        ChannelOptions {
+                            queue: qopts,
+                            policy: p.policy,
+                            slots: per_queue,
+                            ..ChannelOptions::default()
+                        },
+                    )
+                    .map_err(|e| format!("{label}: creating a multipath channel: {e}"))?;
+                    chs.push(ch);
+                }
+                Queues::Mpath { chs }
+            }
+        };
+        let q = p.queue_depth;
+        let mut bufs = Vec::with_capacity(q);
+        for _ in 0..q {
+            let b = cache
+                .alloc(p.io_size as usize, 4096)
+                .map_err(|e| format!("allocating I/O buffers: {e}"))?;
+            if p.workload.writes() {
+                b.fill(0, b.len(), 0xa5);
+            }
+            bufs.push(Some(b));
+        }
+        let blocks = (p.io_size >> info.lba_shift) as u32;
+        let verify = (p.workload == Workload::Verify).then(|| {
+            VerifyState::new(
+                plan.units as usize,
+                p.io_size as usize,
+                info.lba_size() as usize,
+            )
+        });
+        let mix_mode = match p.read_pct {
+            100 => Mix::AllRead,
+            0 => Mix::AllWrite,
+            pct => Mix::Mixed(percent_threshold(pct)),
+        };
+        Ok(NsCtx {
+            label: plan.target.label().to_string(),
+            queues,
+            slot_q: (0..q).map(|i| (i % p.qpairs) as u16).collect(),
+            bufs,
+            slots: vec![SlotInfo::default(); q],
+            ready: (0..q as u32).rev().collect(),
+            done: Vec::with_capacity(q + 16),
+            in_flight: 0,
+            rng: WyRand::new(mix(p.seed ^ mix(plan.worker_index as u64))),
+            random: p.workload.random(),
+            mix: mix_mode,
+            units: plan.units,
+            cursor: plan.seq_start.min(plan.units - 1),
+            first_lba: plan.first_unit * blocks as u64,
+            blocks,
+            phase: Phase::Run,
+            verify,
+            readback_ios: 0,
+            exhausted: false,
+            injected: 0,
+            worker_index: plan.worker_index,
+            stats: Stats::new(),
+            completed: 0,
+            failed: 0,
+        })
+    }
+
+    /// Polls every queue; completions land in `self.done`.
+    #[inline]
+    fn poll(&mut self) -> usize {
+        let done = &mut self.done;
+        let bufs = &mut self.bufs;
+        let max = bufs.len();
+        match &mut self.queues {
+            Queues::Direct { qps, .. } => {
+                for qp in qps.iter_mut() {
+                    if let Err(e) = qp.poll(max, |c| done.push((c.tag as u32, Fail::of(c.outcome))))
+                    {
+                        log::error!("{e}");
+                        self.stats.errors.add(Fail::BadCompletion);
+                        self.failed += 1;
+                    }
+                }
+            }
+            Queues::Mpath { chs } => {
+                for ch in chs.iter_mut() {
+                    ch.poll(max, |c| {
+                        let tag = c.tag as usize;
+                        if let Some(b) = c.data {
+                            bufs[tag] = Some(b);
+                        }
+                        done.push((tag as u32, Fail::of_mp(&c.result)));
+                    });
+                }
+            }
+        }
+        self.done.len()
+    }
+
+    /// Accounts for the completions in `self.done`, all completed at `now`.
+    #[inline]
+    fn process(&mut self, now: u64, measuring: bool) {
+        for i in 0..self.done.len() {
+            let (tag, fail) = self.done[i];
+            let s = self.slots[tag as usize];
+            self.in_flight -= 1;
+            if fail == Fail::None {
+                self.completed += 1;
+                if measuring {
+                    self.stats.record(now.saturating_sub(s.ts), !s.write);
+                }
+            } else {
+                self.failed += 1;
+                self.stats.errors.add(fail);
+            }
+            if let Some(v) = self.verify.as_mut() {
+                let u = s.unit as usize;
+                v.busy[u] = false;
+                if s.write {
+                    v.gen[u] = if fail == Fail::None { s.gen } else { 0 };
+                } else if fail == Fail::None && v.gen[u] != 0 {
+                    let b = self.bufs[tag as usize]
+                        .as_ref()
+                        .expect("buffer in its slot");
+                    b.read(0, &mut v.scratch);
+                    v.check(s.lba, v.gen[u] as u64);
+                }
+                if let Phase::ReadBack { .. } = self.phase {
+                    self.readback_ios += 1;
+                }
+            }
+            self.ready.push(tag);
+        }
+        self.done.clear();
+    }
+
+    /// Picks the next I/O: (unit, write, generation). None when the read-back is finished.
+    #[inline]
+    fn pick(&mut self) -> Option<(u64, bool, u32)> {
+        if let Phase::ReadBack { next } = &mut self.phase {
+            let v = self.verify.as_ref()?;
+            while *next < self.units {
+                let u = *next;
+                *next += 1;
+                if v.gen[u as usize] != 0 {
+                    return Some((u, false, 0));
+                }
+            }
+            return None;
+        }
+        let mut unit = if self.random {
+            self.rng.below(self.units)
+        } else {
+            let u = self.cursor;
+            self.cursor += 1;
+            if self.cursor == self.units {
+                self.cursor = 0;
+            }
+            u
+        };
+        let want_write = match self.mix {
+            Mix::AllRead => false,
+            Mix::AllWrite => true,
+            Mix::Mixed(t) => !self.rng.chance(t),
+        };
+        let Some(v) = self.verify.as_ref() else {
+            return Some((unit, want_write, 0));
+        };
+        // One I/O per unit at a time: probe forward from a busy unit (fewer than half are busy).
+        while v.busy[unit as usize] {
+            unit += 1;
+            if unit == self.units {
+                unit = 0;
+            }
+        }
+        let g = v.gen[unit as usize];
+        if g == 0 || want_write {
+            let next = if g == u32::MAX { 1 } else { g + 1 };
+            Some((unit, true, next))
+        } else {
+            Some((unit, false, 0))
+        }
+    }
+
+    /// Submits ready slots while the budget lasts and the queues take them.
+    #[inline]
+    fn submit_ready(&mut self, now: u64, budget: &mut u64) {
+        while let Some(&tag) = self.ready.last() {
+            if *budget == 0 {
+                return;
+            }
+            let Some((unit, write, gen)) = self.pick() else {
+                self.exhausted = true;
+                return;
+            };
+            let lba = self.first_lba + unit * self.blocks as u64;
+            let t = tag as usize;
+            if write {
+                if let Some(v) = self.verify.as_mut() {
+                    v.stamp(lba, gen as u64);
+                    self.bufs[t]
+                        .as_ref()
+                        .expect("buffer in its slot")
+                        .write(0, &v.scratch);
+                }
+            }
+            let q = self.slot_q[t] as usize;
+            match self
+                .queues
+                .submit(q, write, lba, self.blocks, &mut self.bufs[t], tag as u64)
+            {
+                Ok(()) => {
+                    self.ready.pop();
+                    self.in_flight += 1;
+                    *budget -= 1;
+                    self.slots[t] = SlotInfo {
+                        unit,
+                        lba,
+                        ts: now,
+                        gen,
+                        write,
+                    };
+                    if let Some(v) = self.verify.as_mut() {
+                        v.busy[unit as usize] = true;
+                    }
+                }
+                Err(SubmitFail::Full) => {
+                    if let Phase::ReadBack { next } = &mut self.phase {
+                        *next = unit;
+                    }
+                    return;
+                }
+                Err(SubmitFail::Hard(f)) => {
+                    // Counted as a failed I/O (it uses up budget, so -d runs end).
+                    self.stats.errors.add(f);
+                    self.failed += 1;
+                    *budget -= 1;
+                    if let Phase::ReadBack { next } = &mut self.phase {
+                        *next = unit + 1;
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Corrupts the expected generation of up to `n` written units (`--inject-mismatch`).
+    fn inject(&mut self, n: u64) {
+        let Some(v) = self.verify.as_mut() else {
+            return;
+        };
+        for g in v.gen.iter_mut().filter(|g| **g != 0).take(n as usize) {
+            *g = if *g == u32::MAX { 1 } else { *g + 1 };
+            self.injected += 1;
+        }
+    }
+}
+
+#[inline]
+fn now_ns(clock: &Instant) -> u64 {
+    clock.elapsed().as_nanos() as u64
+}
+
+/// Runs `ctxs` until the deadline or budget, then drains. Returns (measure start, end, abandoned).
+fn run_loop(
+    ctxs: &mut [NsCtx],
+    p: &WorkerParams,
+    progress: &CoreProgress,
+    abort: &AtomicBool,
+    readback: bool,
+) -> (u64, u64, u64) {
+    let clock = Instant::now();
+    let warmup = if readback { 0 } else { p.warmup_ns };
+    let end = match (readback, p.duration_ns) {
+        (false, Some(d)) => warmup.saturating_add(d),
+        _ => u64::MAX,
+    };
+    let mut measuring = !readback && warmup == 0;
+    let full_budget = if readback {
+        u64::MAX
+    } else {
+        p.number_ios.unwrap_or(u64::MAX)
+    };
+    let mut budget = if warmup == 0 { full_budget } else { u64::MAX };
+    let mut measure_start = 0u64;
+    let mut now = 0u64;
+    let mut stopping = false;
+    let mut stop_at = 0u64;
+    let mut idle = 0u32;
+    for c in ctxs.iter_mut() {
+        c.submit_ready(now, &mut budget);
+    }
+    loop {
+        let mut got = 0;
+        for c in ctxs.iter_mut() {
+            let n = c.poll();
+            if n > 0 {
+                now = now_ns(&clock);
+                c.process(now, measuring);
+                got += n;
+            }
+            if !stopping && !c.ready.is_empty() {
+                c.submit_ready(now, &mut budget);
+            }
+        }
+        if got == 0 {
+            idle = idle.wrapping_add(1);
+            if idle & 63 != 0 {
+                continue;
+            }
+            now = now_ns(&clock);
+        }
+        if !readback {
+            let (ok, bad) = ctxs
+                .iter()
+                .fold((0, 0), |(a, b), c| (a + c.completed, b + c.failed));
+            progress.ios.store(ok, Ordering::Relaxed);
+            progress.errors.store(bad, Ordering::Relaxed);
+        }
+        if !measuring && !readback && now >= warmup {
+            measuring = true;
+            measure_start = now;
+            budget = full_budget;
+            for c in ctxs.iter_mut() {
+                c.stats.reset();
+            }
+        }
+        if !stopping {
+            let readback_done = readback && ctxs.iter().all(|c| c.exhausted && c.in_flight == 0);
+            if now >= end
+                || (measuring && budget == 0)
+                || readback_done
+                || abort.load(Ordering::Relaxed)
+            {
+                stopping = true;
+                stop_at = now;
+            }
+        }
+        if stopping {
+            let in_flight: usize = ctxs.iter().map(|c| c.in_flight).sum();
+            if in_flight == 0 {
+                return (measure_start, now.max(measure_start + 1), 0);
+            }
+            if now - stop_at > DRAIN_LIMIT_NS {
+                log::error!(
+                    "{in_flight} I/Os still in flight after the drain limit; giving up on them"
+                );
+                return (measure_start, now, in_flight as u64);
+            }
+        }
+    }
+}
+
+/// What one core runs.
+pub struct CoreJob {
+    /// Core id.
+    pub core: usize,
+    /// Index of the core in the core list (for the progress counters).
+    pub core_index: usize,
+    /// Where to pin the thread (None: do not pin).
+    pub pin: Option<core_affinity::CoreId>,
+    /// Its namespaces.
+    pub plans: Vec<NsPlan>,
+}
+
+/// The body of one core's thread: pin, set up (reporting the outcome on `ready`), wait for the
+/// start, run, read back (verify), and return the results.
+pub fn run_core(
+    job: CoreJob,
+    p: WorkerParams,
+    pool: Arc<DmaPool>,
+    shared: Arc<Shared>,
+    ready: Sender<Result<(), String>>,
+) -> CoreResult {
+    let CoreJob {
+        core,
+        core_index,
+        pin,
+        plans,
+    } = job;
+    if let Some(id) = pin {
+        if !core_affinity::set_for_current(id) {
+            log::warn!("core {core}: could not pin the thread; running unpinned");
+        }
+    }
+    let mut cache = DmaCache::new(&pool);
+    let setup: Result<Vec<NsCtx>, String> = plans
+        .iter()
+        .map(|pl| NsCtx::new(pl, &p, &mut cache))
+        .collect();
+    let (mut ctxs, ok) = match setup {
+        Ok(c) => (c, Ok(())),
+        Err(e) => (Vec::new(), Err(format!("core {core}: {e}"))),
+    };
+    let failed = ok.is_err();
+    let _ = ready.send(ok);
+    shared.start.wait();
+    let empty = CoreResult {
+        core,
+        rows: Vec::new(),
+        abandoned: 0,
+    };
+    if failed || shared.abort.load(Ordering::Relaxed) {
+        return empty;
+    }
+    let progress = &shared.progress[core_index];
+    let (start, end, mut abandoned) = run_loop(&mut ctxs, &p, progress, &shared.abort, false);
+    if p.workload == Workload::Verify && abandoned == 0 {
+        for c in ctxs.iter_mut() {
+            if c.worker_index == 0 && p.inject_mismatch > 0 {
+                c.inject(p.inject_mismatch);
+            }
+            c.phase = Phase::ReadBack { next: 0 };
+        }
+        let (_, _, a) = run_loop(&mut ctxs, &p, progress, &shared.abort, true);
+        abandoned += a;
+    }
+    let rows = ctxs
+        .into_iter()
+        .map(|c| RowResult {
+            verify: c.verify.as_ref().map(|v| VerifySummary {
+                blocks_checked: v.blocks_checked,
+                readback_ios: c.readback_ios,
+                by_kind: v.by_kind,
+                examples: v.examples.clone(),
+                injected: c.injected,
+            }),
+            label: c.label,
+            core,
+            elapsed_ns: end - start,
+            stats: c.stats,
+        })
+        .collect();
+    CoreResult {
+        core,
+        rows,
+        abandoned,
+    }
+}

@@ -1,0 +1,156 @@
+//! End-to-end runs of `vfnvme-perf` on the simulated subsystem. Short runs, no timing
+//! assertions.
+
+use std::process::{Command, Output};
+
+fn perf(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vfnvme-perf"))
+        .args(args)
+        .output()
+        .expect("runs vfnvme-perf")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn randread_prints_a_total_row() {
+    let o = perf(&["-t", "1", "-q", "8", "-L"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("Device Information"), "{out}");
+    assert!(out.contains("NSID 1 from core  0"), "{out}");
+    let total = out
+        .lines()
+        .find(|l| l.starts_with("Total"))
+        .expect("Total row");
+    let iops: f64 = total.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(iops > 0.0, "{total}");
+    assert!(out.contains("99.00000%"), "{out}");
+}
+
+#[test]
+fn number_of_ios_bounds_the_run() {
+    let o = perf(&["-d", "2000", "-q", "4", "--json", "-w", "randrw", "-LL"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("stdout is JSON");
+    let total = v["total"]["ios"].as_u64().unwrap();
+    // At most the queue depth more than asked for completes while draining.
+    assert!((2000..=2004).contains(&total), "{total}");
+    assert!(v["total"]["reads"].as_u64().unwrap() > 0);
+    assert!(v["total"]["writes"].as_u64().unwrap() > 0);
+    assert_eq!(v["config"]["workload"], "randrw");
+    assert!(v["percentiles_us"]["p99"].as_f64().unwrap() > 0.0);
+    assert!(v["histogram_us"].as_array().is_some_and(|a| !a.is_empty()));
+    assert_eq!(v["errors"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn json_report_parses() {
+    let o = perf(&["-t", "1", "--json", "-w", "read", "-o", "8k"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("stdout is JSON");
+    assert_eq!(v["config"]["io_size"], 8192);
+    assert_eq!(v["rows"].as_array().unwrap().len(), 1);
+    assert!(v["total"]["iops"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["exit_code"], 0);
+}
+
+#[test]
+fn verify_finds_no_mismatch() {
+    let o = perf(&["-w", "verify", "-t", "1", "-q", "16"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("Verify:"), "{out}");
+    assert!(out.contains(", 0 mismatches"), "{out}");
+}
+
+#[test]
+fn verify_reports_an_injected_mismatch() {
+    let o = perf(&["-w", "verify", "-d", "3000", "--inject-mismatch", "1"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("1 mismatch (1 stale generation)"), "{out}");
+    assert!(out.contains("MISMATCH"), "{out}");
+    assert!(err.contains("verify mismatches"), "{err}");
+}
+
+#[test]
+fn multipath_runs_over_both_controllers() {
+    let o = perf(&[
+        "--multipath",
+        "--policy",
+        "least-queue-depth",
+        "-d",
+        "5000",
+        "--json",
+    ]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("stdout is JSON");
+    let dev = v["rows"][0]["device"].as_str().unwrap();
+    assert!(dev.starts_with("mpath ") && dev.contains('+'), "{dev}");
+    assert_eq!(v["config"]["policy"], "least-queue-depth");
+}
+
+#[test]
+fn multipath_verify_with_two_queue_pairs() {
+    let o = perf(&[
+        "--multipath",
+        "-w",
+        "verify",
+        "-P",
+        "2",
+        "-q",
+        "8",
+        "-d",
+        "4000",
+    ]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains(", 0 mismatches"), "{out}");
+}
+
+#[test]
+fn bad_arguments_exit_2_with_a_message() {
+    for (args, want) in [
+        (&["-q", "0"][..], "queue depth"),
+        (&["-o", "4q"][..], "suffix"),
+        (&["-w", "randomread"][..], "randread"),
+        (&["-c", "0xzz"][..], "core mask"),
+        (&["--cores", "4095"][..], "core 4095"),
+        (&["-M", "150", "-w", "rw"][..], "0 to 100"),
+        (&["-q", "300"][..], "--io-queue-size"),
+        (&["-w", "verify", "-r", "sim:null"][..], "null"),
+        (&["-r", "nvme0"][..], "invalid target"),
+    ] {
+        let o = perf(args);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn pcie_target_fails_cleanly() {
+    let o = perf(&["-r", "trtype:PCIe traddr:0000:01:00.0", "-t", "1"]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("0000:01:00.0"), "{err}");
+}
+
+#[test]
+fn help_has_examples() {
+    let o = perf(&["--help"]);
+    let (out, _) = text(&o);
+    assert_eq!(o.status.code(), Some(0));
+    for s in ["EXAMPLES", "trtype:PCIe", "--multipath", "sim:ctrls=2"] {
+        assert!(out.contains(s), "missing {s}");
+    }
+}
