@@ -56,7 +56,11 @@ fn wait_rdy(f: &dyn PciFunction, want: bool, timeout: Duration) -> Res<Duration>
             return Ok(t0.elapsed());
         }
         if t0.elapsed() > timeout {
-            return Err(format!("{}: timeout waiting for CSTS.RDY={}", f.name(), want as u8));
+            return Err(format!(
+                "{}: timeout waiting for CSTS.RDY={}",
+                f.name(),
+                want as u8
+            ));
         }
         std::thread::sleep(Duration::from_micros(200));
     }
@@ -73,16 +77,24 @@ fn identify(f: &VfioFunction, pool: &Arc<DmaPool>) -> Res<IdentifyController> {
     f.write32(offset::CC, 0);
     wait_rdy(f, false, to)?;
     let alloc = |what: &str| -> Res<DmaBuf> {
-        let b = pool.alloc(4096, 4096).map_err(|e| format!("{name}: alloc {what}: {e}"))?;
+        let b = pool
+            .alloc(4096, 4096)
+            .map_err(|e| format!("{name}: alloc {what}: {e}"))?;
         b.fill(0, 4096, 0);
         Ok(b)
     };
     let asq = alloc("ASQ")?;
     let acq = alloc("ACQ")?;
     let buf = alloc("identify buffer")?;
-    let iova = |b: &DmaBuf| b.iova(dom, 0).ok_or(format!("{name}: buffer not mapped in {dom}"));
+    let iova = |b: &DmaBuf| {
+        b.iova(dom, 0)
+            .ok_or(format!("{name}: buffer not mapped in {dom}"))
+    };
     let (asq_iova, acq_iova, buf_iova) = (iova(&asq)?, iova(&acq)?, iova(&buf)?);
-    println!("{name}: ASQ iova {asq_iova} (va {:#x}), ACQ iova {acq_iova}, buffer iova {buf_iova}", asq.va());
+    println!(
+        "{name}: ASQ iova {asq_iova} (va {:#x}), ACQ iova {acq_iova}, buffer iova {buf_iova}",
+        asq.va()
+    );
 
     f.set_bus_master(true).map_err(|e| e.to_string())?;
     f.write32(offset::AQA, (15 << 16) | 15);
@@ -90,7 +102,10 @@ fn identify(f: &VfioFunction, pool: &Arc<DmaPool>) -> Res<IdentifyController> {
     f.write64(offset::ACQ, acq_iova.0);
     f.write32(offset::CC, (4 << 20) | (6 << 16) | 1);
     let took = wait_rdy(f, true, to)?;
-    println!("{name}: controller enabled in {:.1} ms", took.as_secs_f64() * 1e3);
+    println!(
+        "{name}: controller enabled in {:.1} ms",
+        took.as_secs_f64() * 1e3
+    );
 
     let mut sqe = Sqe::identify(1, 0, 0);
     sqe.set_cid(0x42);
@@ -110,7 +125,9 @@ fn identify(f: &VfioFunction, pool: &Arc<DmaPool>) -> Res<IdentifyController> {
                 t0.elapsed().as_secs_f64() * 1e6
             );
             if cid != 0x42 || status != 0 {
-                return Err(format!("{name}: bad completion cid {cid:#x} status {status:#x}"));
+                return Err(format!(
+                    "{name}: bad completion cid {cid:#x} status {status:#x}"
+                ));
             }
             break;
         }
@@ -135,11 +152,17 @@ fn run() -> Res<()> {
     let mut hold_secs = None;
     let mut ready_file = None;
     let mut bdfs = Vec::new();
+    let mut sigbus_check = false;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--noiommu" => noiommu = true,
+            "--sigbus-check" => sigbus_check = true,
             "--hold-secs" => {
-                hold_secs = Some(args.next().and_then(|v| v.parse::<u64>().ok()).ok_or("--hold-secs N")?)
+                hold_secs = Some(
+                    args.next()
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .ok_or("--hold-secs N")?,
+                )
             }
             "--ready-file" => ready_file = Some(args.next().ok_or("--ready-file PATH")?),
             _ => bdfs.push(a),
@@ -157,7 +180,11 @@ fn run() -> Res<()> {
     }
 
     let opts = VfioOptions {
-        mode: if noiommu { IommuMode::NoIommu } else { IommuMode::Type1 },
+        mode: if noiommu {
+            IommuMode::NoIommu
+        } else {
+            IommuMode::Type1
+        },
         ..Default::default()
     };
     let funcs = VfioSystem::open_with(&bdfs, &opts).map_err(|e| format!("open: {e}"))?;
@@ -187,7 +214,11 @@ fn run() -> Res<()> {
         }
     }
     let doms: std::collections::BTreeSet<_> = funcs.iter().map(|f| f.domain()).collect();
-    println!("{} function(s) in {} DMA domain(s)", funcs.len(), doms.len());
+    println!(
+        "{} function(s) in {} DMA domain(s)",
+        funcs.len(),
+        doms.len()
+    );
     if doms.len() != 1 {
         return Err("functions do not share one DMA domain".into());
     }
@@ -196,9 +227,14 @@ fn run() -> Res<()> {
         Err(e) => println!("{}: function reset: {e}", funcs[0].name()),
     }
 
-    let pool = DmaPool::new(if noiommu { PagePolicy::RequireHuge } else { PagePolicy::PreferHuge });
+    let pool = DmaPool::new(if noiommu {
+        PagePolicy::RequireHuge
+    } else {
+        PagePolicy::PreferHuge
+    });
     for f in &funcs {
-        pool.add_mapper(f.dma_mapper()).map_err(|e| format!("add_mapper: {e}"))?;
+        pool.add_mapper(f.dma_mapper())
+            .map_err(|e| format!("add_mapper: {e}"))?;
     }
     let mut serial = None;
     for f in &funcs {
@@ -223,6 +259,24 @@ fn run() -> Res<()> {
     }
     println!("pool: {} region(s)", pool.region_count());
 
+    if sigbus_check {
+        let f = funcs.last().expect("at least one");
+        let before = f.read32(offset::VS);
+        f.set_memory_decoding(false).map_err(|e| e.to_string())?;
+        let after = f.read32(offset::VS);
+        println!(
+            "{}: memory decoding off: VS {before:#x} -> {after:#x}, is_gone={} (SIGBUS caught)",
+            f.name(),
+            f.is_gone()
+        );
+        if after != u32::MAX || !f.is_gone() {
+            return Err(format!(
+                "{}: the SIGBUS guard did not turn BAR0 into all-ones",
+                f.name()
+            ));
+        }
+        f.set_memory_decoding(true).map_err(|e| e.to_string())?;
+    }
     if let Some(secs) = hold_secs {
         hold(&funcs, secs, ready_file.as_deref())?;
     }
@@ -233,7 +287,10 @@ fn run() -> Res<()> {
 }
 
 fn hold(funcs: &[Arc<VfioFunction>], secs: u64, ready_file: Option<&str>) -> Res<()> {
-    println!("holding {} function(s) for up to {secs} s, polling removal_requested()", funcs.len());
+    println!(
+        "holding {} function(s) for up to {secs} s, polling removal_requested()",
+        funcs.len()
+    );
     if let Some(p) = ready_file {
         std::fs::write(p, b"ready\n").map_err(|e| format!("{p}: {e}"))?;
     }
@@ -245,7 +302,11 @@ fn hold(funcs: &[Arc<VfioFunction>], secs: u64, ready_file: Option<&str>) -> Res
                 continue;
             }
             let t = t0.elapsed().as_secs_f64();
-            println!("{}: removal_requested() = true at t={t:.2}s; CSTS={:#x}", f.name(), f.read32(offset::CSTS));
+            println!(
+                "{}: removal_requested() = true at t={t:.2}s; CSTS={:#x}",
+                f.name(),
+                f.read32(offset::CSTS)
+            );
             f.release();
             println!(
                 "{}: released at t={:.2}s; BAR0 now reads {:#x} (is_gone={}); set_bus_master -> {:?}",
@@ -268,7 +329,10 @@ fn hold(funcs: &[Arc<VfioFunction>], secs: u64, ready_file: Option<&str>) -> Res
                 t0.elapsed().as_secs_f64()
             );
             if !gone {
-                return Err(format!("{}: the kernel did not finish removing the device", f.name()));
+                return Err(format!(
+                    "{}: the kernel did not finish removing the device",
+                    f.name()
+                ));
             }
             released += 1;
         }
@@ -278,7 +342,10 @@ fn hold(funcs: &[Arc<VfioFunction>], secs: u64, ready_file: Option<&str>) -> Res
         let csts = f.read32(offset::CSTS);
         println!("{}: still held, CSTS={csts:#x}", f.name());
         if csts == u32::MAX {
-            return Err(format!("{}: the surviving controller reads all-ones", f.name()));
+            return Err(format!(
+                "{}: the surviving controller reads all-ones",
+                f.name()
+            ));
         }
     }
     if released == 0 {

@@ -134,8 +134,9 @@ pub struct ChannelStats {
     pub bad_completions: u64,
 }
 
+/// Per-command state beside the descriptor (kept apart so that the descriptor is moved once in
+/// and once out, and this small part is rewritten in place).
 struct Slot {
-    desc: IoDesc,
     /// Path it is on (or last failed on).
     path: u16,
     retries: u8,
@@ -160,6 +161,8 @@ pub struct Channel {
     cqt_ns: Vec<u64>,
     generation: u64,
     slots: Vec<Option<Slot>>,
+    /// The retained descriptor of each live slot.
+    descs: Vec<Option<IoDesc>>,
     free: Vec<u32>,
     requeue: RequeueRing,
     selector: Selector,
@@ -168,6 +171,12 @@ pub struct Channel {
     scratch: Vec<(u16, Completion)>,
     inbox: Inbox,
     stats: ChannelStats,
+    /// Paths of the best usable tier (optimized, else non-optimized), rebuilt when a status
+    /// changes; the common-case pick reads only this.
+    tier: Vec<usize>,
+    tier_dirty: bool,
+    rr_pos: usize,
+    rr_run: u32,
 }
 
 fn path_params(ns: &MpNamespace, i: usize, opts: &ChannelOptions) -> (NsInfo, [u64; 3], u64) {
@@ -227,6 +236,7 @@ impl Channel {
             cqt_ns,
             generation: u64::MAX,
             slots: (0..slots).map(|_| None).collect(),
+            descs: (0..slots).map(|_| None).collect(),
             free: (0..slots as u32).rev().collect(),
             requeue: RequeueRing::new(slots),
             selector: Selector::default(),
@@ -235,6 +245,10 @@ impl Channel {
             scratch: Vec::with_capacity(256),
             inbox,
             stats: ChannelStats::default(),
+            tier: Vec::with_capacity(n),
+            tier_dirty: true,
+            rr_pos: 0,
+            rr_run: 0,
         };
         ch.refresh();
         Ok(ch)
@@ -290,22 +304,69 @@ impl Channel {
         }
         drop(inbox);
         for (i, s) in self.ns.statuses().into_iter().enumerate() {
-            self.status[i] = if self.qps[i].is_some() {
-                s
-            } else if s == PathStatus::Gone {
+            let s = if self.qps[i].is_some() || s == PathStatus::Gone {
                 s
             } else {
                 PathStatus::Waiting
             };
+            self.set_status(i, s);
         }
     }
 
+    fn rebuild_tier(&mut self) {
+        self.tier_dirty = false;
+        self.tier.clear();
+        let best = if self.status.contains(&PathStatus::Optimized) {
+            PathStatus::Optimized
+        } else {
+            PathStatus::NonOptimized
+        };
+        self.tier
+            .extend((0..self.status.len()).filter(|&i| self.status[i] == best));
+    }
+
+    /// The common-case pick: no path to avoid. Round-robin rotates over the cached tier without
+    /// looking at anything else; the other policies take the general path.
+    #[inline]
+    fn pick_any(&mut self) -> Option<usize> {
+        if self.tier_dirty {
+            self.rebuild_tier();
+        }
+        if let Policy::RoundRobin { min_ios } = self.opts.policy {
+            let n = self.tier.len();
+            if n == 0 {
+                return None;
+            }
+            if self.rr_run >= min_ios.max(1) {
+                self.rr_run = 0;
+                self.rr_pos += 1;
+            }
+            if self.rr_pos >= n {
+                self.rr_pos = 0;
+            }
+            self.rr_run += 1;
+            return Some(self.tier[self.rr_pos]);
+        }
+        self.pick(None)
+    }
+
     fn pick(&mut self, exclude: Option<usize>) -> Option<usize> {
-        for (i, q) in self.qps.iter().enumerate() {
-            self.in_flight[i] = q.as_ref().map_or(0, |q| q.in_flight());
+        if matches!(self.opts.policy, Policy::LeastQueueDepth) {
+            for (i, q) in self.qps.iter().enumerate() {
+                self.in_flight[i] = q.as_ref().map_or(0, |q| q.in_flight());
+            }
         }
         self.selector
             .pick(self.opts.policy, &self.status, &self.in_flight, exclude)
+    }
+
+    /// Changes the channel's view of one path.
+    #[inline]
+    fn set_status(&mut self, p: usize, s: PathStatus) {
+        if self.status[p] != s {
+            self.status[p] = s;
+            self.tier_dirty = true;
+        }
     }
 
     fn any_waiting(&self) -> bool {
@@ -315,32 +376,32 @@ impl Channel {
     /// Builds and queues the command of `slot` on path `p`.
     #[inline]
     fn issue(&mut self, p: usize, slot: u32) -> Result<(), SubmitError> {
-        let s = self.slots[slot as usize]
-            .as_mut()
+        let desc = self.descs[slot as usize]
+            .as_ref()
             .expect("issued slot is live");
         let qp = self.qps[p].as_mut().expect("picked path has a queue pair");
         let info = &self.infos[p];
         let tag = slot as u64;
-        let r = match s.desc.kind {
+        let r = match desc.kind {
             IoKind::Read { lba, blocks } => {
-                let buf = s.desc.data.as_ref().expect("read has a buffer");
+                let buf = desc.data.as_ref().expect("read has a buffer");
                 qp.read(info, lba, blocks, buf, 0, tag)
             }
             IoKind::Write { lba, blocks } => {
-                let buf = s.desc.data.as_ref().expect("write has a buffer");
+                let buf = desc.data.as_ref().expect("write has a buffer");
                 qp.write(info, lba, blocks, buf, 0, tag)
             }
             IoKind::Passthru { mut cmd, .. } => {
                 if cmd.nsid != 0 && cmd.nsid != u32::MAX {
                     cmd.nsid = info.nsid;
                 }
-                let data = s.desc.data.as_ref().map(DataRef::whole);
-                let md = s.desc.metadata.as_ref().map(DataRef::whole);
+                let data = desc.data.as_ref().map(DataRef::whole);
+                let md = desc.metadata.as_ref().map(DataRef::whole);
                 qp.passthru(&cmd, data, md, tag)
             }
         };
         if r.is_ok() {
-            s.path = p as u16;
+            self.slots[slot as usize].as_mut().expect("live slot").path = p as u16;
         }
         r
     }
@@ -360,8 +421,8 @@ impl Channel {
                 desc,
             }));
         };
+        self.descs[slot as usize] = Some(desc);
         self.slots[slot as usize] = Some(Slot {
-            desc,
             path: 0,
             retries: 0,
             failovers: 0,
@@ -371,7 +432,7 @@ impl Channel {
             last_error: None,
         });
         loop {
-            let Some(p) = self.pick(None) else {
+            let Some(p) = self.pick_any() else {
                 if self.any_waiting() {
                     // Wait on the ring for a path to come back.
                     let now = self.now_ns();
@@ -385,20 +446,18 @@ impl Channel {
             match self.issue(p, slot) {
                 Ok(()) => return Ok(()),
                 Err(SubmitError::QueueFull) => return Err(self.refuse(slot, RefuseReason::Full)),
-                Err(SubmitError::NotReady { .. }) => self.status[p] = PathStatus::Waiting,
-                Err(SubmitError::DeviceGone { .. }) => self.status[p] = PathStatus::Gone,
+                Err(SubmitError::NotReady { .. }) => self.set_status(p, PathStatus::Waiting),
+                Err(SubmitError::DeviceGone { .. }) => self.set_status(p, PathStatus::Gone),
                 Err(e) => return Err(self.refuse(slot, RefuseReason::Invalid(e.to_string()))),
             }
         }
     }
 
     fn refuse(&mut self, slot: u32, reason: RefuseReason) -> Box<Refused> {
-        let s = self.slots[slot as usize].take().expect("live slot");
+        self.slots[slot as usize] = None;
+        let desc = self.descs[slot as usize].take().expect("live slot");
         self.free.push(slot);
-        Box::new(Refused {
-            reason,
-            desc: s.desc,
-        })
+        Box::new(Refused { reason, desc })
     }
 
     /// Rings every path's doorbell for commands submitted since the last poll.
@@ -469,14 +528,15 @@ impl Channel {
                 let path = self.ns.path(p);
                 path.ana_stale
                     .store(true, std::sync::atomic::Ordering::Release);
-                self.status[p] = if st.sc() == path_sc::ANA_PERSISTENT_LOSS {
+                let s = if st.sc() == path_sc::ANA_PERSISTENT_LOSS {
                     PathStatus::Gone
                 } else {
                     PathStatus::Waiting
                 };
+                self.set_status(p, s);
             }
-            Outcome::Reset => self.status[p] = PathStatus::Waiting,
-            Outcome::Removed => self.status[p] = PathStatus::Gone,
+            Outcome::Reset => self.set_status(p, PathStatus::Waiting),
+            Outcome::Removed => self.set_status(p, PathStatus::Gone),
             _ => {}
         }
         let now = self.now_ns();
@@ -504,7 +564,10 @@ impl Channel {
                     return true;
                 }
                 s.retry_same = false;
-                s.not_before_ns = if s.desc.idempotent() {
+                let idempotent = self.descs[slot as usize]
+                    .as_ref()
+                    .is_some_and(|d| d.idempotent());
+                s.not_before_ns = if idempotent {
                     now
                 } else {
                     self.stats.quiesce_waits += 1;
@@ -526,17 +589,18 @@ impl Channel {
         result: Result<u32, IoError>,
         f: &mut impl FnMut(MpCompletion),
     ) {
-        let s = self.slots[slot as usize].take().expect("live slot");
+        self.slots[slot as usize] = None;
+        let desc = self.descs[slot as usize].take().expect("live slot");
         self.free.push(slot);
         self.stats.completed += 1;
         if matches!(result, Err(IoError::NoPath)) {
             self.stats.no_path += 1;
         }
         f(MpCompletion {
-            tag: s.desc.tag,
+            tag: desc.tag,
             result,
-            data: s.desc.data,
-            metadata: s.desc.metadata,
+            data: desc.data,
+            metadata: desc.metadata,
         });
     }
 
@@ -575,11 +639,11 @@ impl Channel {
                     self.requeue.push(slot);
                 }
                 Err(SubmitError::NotReady { .. }) => {
-                    self.status[p] = PathStatus::Waiting;
+                    self.set_status(p, PathStatus::Waiting);
                     self.requeue.push(slot);
                 }
                 Err(SubmitError::DeviceGone { .. }) => {
-                    self.status[p] = PathStatus::Gone;
+                    self.set_status(p, PathStatus::Gone);
                     self.requeue.push(slot);
                 }
                 Err(e) => {

@@ -219,13 +219,15 @@ impl SysPaths {
                     ),
                 ))
             }
-            None => return Err(backend(
-                bdf,
-                "locate",
-                format!(
+            None => {
+                return Err(backend(
+                    bdf,
+                    "locate",
+                    format!(
                     "not bound to any driver: bind it to vfio-pci with `vfnvme-setup bind {bdf}`"
                 ),
-            )),
+                ))
+            }
         }
         let group = link_name(&dir.join("iommu_group"))
             .and_then(|g| g.parse::<u32>().ok())

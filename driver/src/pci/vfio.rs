@@ -510,6 +510,25 @@ impl VfioFunction {
         log::info!("{}: released", self.name);
     }
 
+    /// Turns memory decoding (PCI command bit 1) on or off. With it off, vfio-pci answers any
+    /// BAR access with SIGBUS, which the guard turns into all-ones reads: a way to rehearse
+    /// surprise removal on a live device. BAR0 stays all-ones afterwards (reopen the function).
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when the config access fails, [`Error::DeviceGone`] after release.
+    pub fn set_memory_decoding(&self, enable: bool) -> Result<(), Error> {
+        self.update_command(
+            |c| {
+                if enable {
+                    c | PCI_COMMAND_MEMORY
+                } else {
+                    c & !PCI_COMMAND_MEMORY
+                }
+            },
+            "set memory decoding",
+        )
+    }
+
     fn with_device<R>(&self, f: impl FnOnce(&Device) -> Result<R, Error>) -> Result<R, Error> {
         let g = self.device.lock().unwrap();
         match g.as_ref() {
