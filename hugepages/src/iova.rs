@@ -13,9 +13,9 @@ pub const MAX_DOMAINS: usize = 64;
 pub struct Iova(pub u64);
 
 impl Iova {
-    /// Adds a byte offset.
+    /// The address `bytes` further on.
     #[inline]
-    pub fn add(self, bytes: u64) -> Iova {
+    pub fn offset(self, bytes: u64) -> Iova {
         Iova(self.0 + bytes)
     }
 }

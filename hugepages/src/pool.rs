@@ -26,7 +26,11 @@ fn class_of(len: usize) -> Option<usize> {
     if len > HUGE_PAGE_SIZE {
         return None;
     }
-    let shift = len.max(1).next_power_of_two().trailing_zeros().max(MIN_CLASS_SHIFT);
+    let shift = len
+        .max(1)
+        .next_power_of_two()
+        .trailing_zeros()
+        .max(MIN_CLASS_SHIFT);
     Some((shift - MIN_CLASS_SHIFT) as usize)
 }
 
@@ -388,8 +392,12 @@ impl DmaBuf {
     pub fn equal(&self, offset: usize, other: &DmaBuf, other_offset: usize, len: usize) -> bool {
         self.check(offset, len);
         other.check(other_offset, len);
-        self.region
-            .equal(self.offset + offset, &other.region, other.offset + other_offset, len)
+        self.region.equal(
+            self.offset + offset,
+            &other.region,
+            other.offset + other_offset,
+            len,
+        )
     }
 
     /// Copies the whole buffer into a new `Vec` (for tests and tools).
@@ -409,7 +417,8 @@ impl Drop for DmaBuf {
                 region: self.region.clone(),
                 offset: self.offset,
             };
-            self.pool.give_blocks(self.class as usize, std::iter::once(b));
+            self.pool
+                .give_blocks(self.class as usize, std::iter::once(b));
         }
     }
 }
@@ -543,14 +552,29 @@ mod tests {
         // A domain registered after the buffer exists still reaches it.
         pool.add_mapper(b.clone()).unwrap();
         assert_eq!(buf.va() % 4096, 0);
-        assert_eq!(buf.iova(a.domain(), 0), Some(Iova(buf.va() as u64 + (1 << 48))));
-        assert_eq!(buf.iova(b.domain(), 100), Some(Iova(buf.va() as u64 + 100 + (2 << 48))));
+        assert_eq!(
+            buf.iova(a.domain(), 0),
+            Some(Iova(buf.va() as u64 + (1 << 48)))
+        );
+        assert_eq!(
+            buf.iova(b.domain(), 100),
+            Some(Iova(buf.va() as u64 + 100 + (2 << 48)))
+        );
         assert_eq!(buf.iova(a.domain(), 8192), None, "past the end");
-        let off = buf.region().offset_of_iova(b.domain(), buf.iova(b.domain(), 5).unwrap());
+        let off = buf
+            .region()
+            .offset_of_iova(b.domain(), buf.iova(b.domain(), 5).unwrap());
         assert_eq!(off, Some(buf.region_offset() + 5));
         pool.remove_mapper(a.domain()).unwrap();
-        assert_eq!(buf.iova(a.domain(), 0), None, "unmapped domain gives no IOVA");
-        assert_eq!(a.unmaps.load(Ordering::Relaxed), a.maps.load(Ordering::Relaxed));
+        assert_eq!(
+            buf.iova(a.domain(), 0),
+            None,
+            "unmapped domain gives no IOVA"
+        );
+        assert_eq!(
+            a.unmaps.load(Ordering::Relaxed),
+            a.maps.load(Ordering::Relaxed)
+        );
     }
 
     #[test]
@@ -573,8 +597,14 @@ mod tests {
     fn bad_requests_are_refused() {
         let pool = DmaPool::new(PagePolicy::Small);
         assert!(matches!(pool.alloc(0, 8), Err(Error::BadAllocation { .. })));
-        assert!(matches!(pool.alloc(4096, 3), Err(Error::BadAllocation { .. })));
-        assert!(matches!(pool.alloc(4096, 8192), Err(Error::BadAllocation { .. })));
+        assert!(matches!(
+            pool.alloc(4096, 3),
+            Err(Error::BadAllocation { .. })
+        ));
+        assert!(matches!(
+            pool.alloc(4096, 8192),
+            Err(Error::BadAllocation { .. })
+        ));
         let mut c = DmaCache::new(&pool);
         assert!(matches!(c.alloc(0, 8), Err(Error::BadAllocation { .. })));
     }
@@ -637,7 +667,9 @@ mod tests {
                 drop(region);
             }
             Err(Error::HugepagesUnavailable { .. }) => {
-                eprintln!("skipped: no 2 MiB hugepages reserved and this process cannot reserve them");
+                eprintln!(
+                    "skipped: no 2 MiB hugepages reserved and this process cannot reserve them"
+                );
             }
             Err(e) => panic!("unexpected error: {e}"),
         }
@@ -661,6 +693,10 @@ mod tests {
             other => panic!("expected HugepagesUnavailable, got {other:?}"),
         }
         let r = DmaRegion::allocate(1 << 20, PagePolicy::PreferHuge).unwrap();
-        assert_eq!(r.kind(), crate::region::PageKind::Small4K, "falls back to small pages");
+        assert_eq!(
+            r.kind(),
+            crate::region::PageKind::Small4K,
+            "falls back to small pages"
+        );
     }
 }

@@ -117,7 +117,10 @@ impl DmaRegion {
                 Err(_) => {}
             }
         }
-        Self::mmap(len.div_ceil(SMALL_PAGE_SIZE) * SMALL_PAGE_SIZE, PageKind::Small4K)
+        Self::mmap(
+            len.div_ceil(SMALL_PAGE_SIZE) * SMALL_PAGE_SIZE,
+            PageKind::Small4K,
+        )
     }
 
     fn mmap(len: usize, kind: PageKind) -> Result<DmaRegion> {
@@ -223,7 +226,7 @@ impl DmaRegion {
         if offset >= self.0.len {
             return None;
         }
-        self.iova_base(domain).map(|b| b.add(offset as u64))
+        self.iova_base(domain).map(|b| b.offset(offset as u64))
     }
 
     /// Offset inside the region of `iova` in `domain` (IOVA→VA is `va() + offset`), if it falls
@@ -247,7 +250,10 @@ impl DmaRegion {
     #[inline]
     fn check_aligned(&self, offset: usize, len: usize, align: usize) {
         self.check(offset, len);
-        assert!(offset % align == 0, "misaligned DMA word access at {offset}");
+        assert!(
+            offset.is_multiple_of(align),
+            "misaligned DMA word access at {offset}"
+        );
     }
 
     /// Copies `dst.len()` bytes from the region at `offset` into `dst`.

@@ -11,7 +11,10 @@ fn read_u64(path: &Path) -> Result<u64> {
     })?;
     s.trim().parse().map_err(|_| Error::Io {
         path: path.display().to_string(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not a number: {s:?}")),
+        source: std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not a number: {s:?}"),
+        ),
     })
 }
 
@@ -150,7 +153,10 @@ mod tests {
                  tmpfs /tmp tmpfs rw 0 0\nbad\nhugetlbfs /mnt/huge1G hugetlbfs rw 0 0\n";
         assert_eq!(
             hugetlbfs_mounts_in(m),
-            vec![PathBuf::from("/dev/hugepages"), PathBuf::from("/mnt/huge1G")]
+            vec![
+                PathBuf::from("/dev/hugepages"),
+                PathBuf::from("/mnt/huge1G")
+            ]
         );
         assert!(hugetlbfs_mounts_in("").is_empty());
     }
@@ -170,8 +176,16 @@ mod tests {
         assert_eq!(
             v,
             vec![
-                NodeHugepages { node: 0, total: 8, free: 3 },
-                NodeHugepages { node: 1, total: 4, free: 4 }
+                NodeHugepages {
+                    node: 0,
+                    total: 8,
+                    free: 3
+                },
+                NodeHugepages {
+                    node: 1,
+                    total: 4,
+                    free: 4
+                }
             ]
         );
     }

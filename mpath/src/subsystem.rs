@@ -157,6 +157,7 @@ pub fn same_namespace(a: &Namespace, b: &Namespace) -> bool {
 /// Where the control plane leaves queue pairs for a channel (a path came back as a new
 /// controller). One per channel; the channel takes them when the generation moves.
 pub(crate) type Inbox = Arc<Mutex<Vec<(usize, QueuePair)>>>;
+type WeakInbox = std::sync::Weak<Mutex<Vec<(usize, QueuePair)>>>;
 
 /// One namespace over all the controllers (paths) that reach it.
 pub struct MpNamespace {
@@ -168,12 +169,7 @@ pub struct MpNamespace {
     pub anagrpid: u32,
     paths: RwLock<Vec<Arc<PathInfo>>>,
     generation: Generation,
-    inboxes: Mutex<
-        Vec<(
-            std::sync::Weak<Mutex<Vec<(usize, QueuePair)>>>,
-            QueueOptions,
-        )>,
-    >,
+    inboxes: Mutex<Vec<(WeakInbox, QueueOptions)>>,
 }
 
 impl MpNamespace {

@@ -107,7 +107,6 @@ fn chan_opts() -> ChannelOptions {
         // The stress run injects hundreds of retryable errors; one command may draw several.
         retries: 100,
         max_failovers: 200,
-        ..Default::default()
     }
 }
 
@@ -231,7 +230,7 @@ fn worker(
 
 fn run_with_faults(w: &World, inject: impl FnOnce(&World)) -> Arc<Tally> {
     let control = MpathControl::new(
-        &[w.ns.clone()],
+        std::slice::from_ref(&w.ns),
         ReconnectOptions {
             reconnect_delay: Duration::from_millis(20),
             ctrl_loss_timeout: Duration::from_secs(30),
@@ -402,7 +401,8 @@ fn seeded_stress_of_mixed_failures() {
 #[test]
 fn writes_wait_out_cqt_and_reads_go_at_once() {
     let w = world(400);
-    let _control = MpathControl::new(&[w.ns.clone()], ReconnectOptions::default()).spawn();
+    let _control =
+        MpathControl::new(std::slice::from_ref(&w.ns), ReconnectOptions::default()).spawn();
     let mut ch = Channel::new(
         &w.ns,
         ChannelOptions {

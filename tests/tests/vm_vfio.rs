@@ -55,10 +55,14 @@ fn wait(qp: &mut QueuePair, ctrl: &Controller, n: usize) -> Vec<Completion> {
     while out.len() < n {
         qp.poll(64, |c| out.push(c)).expect("no bad completions");
         spins += 1;
-        if spins % 1024 == 0 {
+        if spins.is_multiple_of(1024) {
             ctrl.service();
         }
-        assert!(Instant::now() < deadline, "only {} of {n} completions", out.len());
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} completions",
+            out.len()
+        );
     }
     out
 }
@@ -91,14 +95,22 @@ fn write_then_read(
     let blocks = (bytes as u64 >> ns.lba_shift) as u32;
     wq.write(ns, lba, blocks, &wbuf, offset, 1).unwrap();
     let c = wait(wq, &g.ctrls[wc], 1);
-    assert!(c[0].outcome.is_success(), "write {bytes}@{offset}: {}", c[0].outcome);
+    assert!(
+        c[0].outcome.is_success(),
+        "write {bytes}@{offset}: {}",
+        c[0].outcome
+    );
     let (rq, rc) = match rq {
         Some((q, c)) => (q, c),
         None => (wq, wc),
     };
     rq.read(ns, lba, blocks, &rbuf, offset, 2).unwrap();
     let c = wait(rq, &g.ctrls[rc], 1);
-    assert!(c[0].outcome.is_success(), "read {bytes}@{offset}: {}", c[0].outcome);
+    assert!(
+        c[0].outcome.is_success(),
+        "read {bytes}@{offset}: {}",
+        c[0].outcome
+    );
     assert!(
         wbuf.equal(offset, &rbuf, offset, bytes),
         "data written through ctrl {wc} differs when read through ctrl {rc} ({bytes} bytes at offset {offset})"
@@ -124,9 +136,29 @@ fn io_suite(g: &Guest) {
     let mut lba = 0;
     for (i, &(bytes, off)) in shapes.iter().enumerate() {
         let step = (bytes as u64 >> ns.lba_shift) + 64;
-        write_then_read(g, &mut q0, 0, Some((&mut q1, 1)), &ns, lba, bytes, off, i as u64);
+        write_then_read(
+            g,
+            &mut q0,
+            0,
+            Some((&mut q1, 1)),
+            &ns,
+            lba,
+            bytes,
+            off,
+            i as u64,
+        );
         lba += step;
-        write_then_read(g, &mut q1, 1, Some((&mut q0, 0)), &ns, lba, bytes, off, 100 + i as u64);
+        write_then_read(
+            g,
+            &mut q1,
+            1,
+            Some((&mut q0, 0)),
+            &ns,
+            lba,
+            bytes,
+            off,
+            100 + i as u64,
+        );
         lba += step;
         write_then_read(g, &mut q0, 0, None, &ns, lba, bytes, off, 200 + i as u64);
         lba += step;
@@ -136,7 +168,10 @@ fn io_suite(g: &Guest) {
     // Wrap-around: a 16-entry queue driven full for many laps, on both controllers.
     for (c, ctrl) in g.ctrls.iter().enumerate() {
         let mut qp = ctrl
-            .io_queue_pair(QueueOptions { size: 16, ..Default::default() })
+            .io_queue_pair(QueueOptions {
+                size: 16,
+                ..Default::default()
+            })
             .unwrap();
         let buf = g.pool.alloc(4096, 4096).unwrap();
         let mut tag = 0u64;
@@ -163,10 +198,16 @@ fn vfio_bringup_and_identify_both_controllers() {
     assert_eq!(a.subnqn(), b.subnqn(), "one subsystem");
     assert_ne!(a.cntlid, b.cntlid, "distinct controllers");
     assert!(a.multi_controller() && b.multi_controller());
-    assert_eq!(g.funcs[0].domain(), g.funcs[1].domain(), "one container, one IOVA space");
+    assert_eq!(
+        g.funcs[0].domain(),
+        g.funcs[1].domain(),
+        "one container, one IOVA space"
+    );
     let subs = Subsystem::group(g.ctrls.clone()).unwrap();
     assert_eq!(subs.len(), 1);
-    let ns = subs[0].namespace(1).expect("namespace 1 shared and matched by its identifiers");
+    let ns = subs[0]
+        .namespace(1)
+        .expect("namespace 1 shared and matched by its identifiers");
     assert_eq!(ns.path_count(), 2);
     for (c, f) in g.ctrls.iter().zip(&g.funcs) {
         println!(

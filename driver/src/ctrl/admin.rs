@@ -141,7 +141,7 @@ impl AdminQueue {
                 return Wait::Done(st, dw0);
             }
             spins += 1;
-            if spins % 256 == 0 {
+            if spins.is_multiple_of(256) {
                 if !alive() {
                     *self.cids.get_mut(slot) = SlotKind::Abandoned;
                     return Wait::Gone;

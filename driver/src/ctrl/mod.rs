@@ -704,7 +704,7 @@ impl Controller {
         offset: u64,
         len: usize,
     ) -> Result<Vec<u8>, Error> {
-        if len == 0 || len % 4 != 0 || len > 8192 {
+        if len == 0 || !len.is_multiple_of(4) || len > 8192 {
             return Err(Error::BadData {
                 ctrl: self.name().clone(),
                 what: "log page length (must be 4..8192 bytes, a dword multiple)",
@@ -948,9 +948,15 @@ impl Controller {
         self.state()
     }
 
+    /// The controller is gone (removal requested, or registers read all-ones): new epoch in the
+    /// Removed state (queue pairs fail what they had in flight with `Outcome::Removed` and refuse
+    /// new commands), bus mastering off while config space still answers, then the function is
+    /// released so the platform can finish the removal. Nothing touches the BAR afterwards except
+    /// all-ones reads and ignored writes.
     fn mark_removed(&self) {
         self.inner.shared.transition(CtrlState::Removed, true);
         let _ = self.inner.func.set_bus_master(false);
+        self.inner.func.release();
     }
 
     /// Resets the controller: disable (the device drops every queue; no Delete commands are

@@ -97,6 +97,15 @@ pub trait PciFunction: Send + Sync {
         false
     }
 
+    /// Lets go of the function after removal (requested or surprise): the control plane calls it
+    /// once the controller is [`crate::CtrlState::Removed`], so that the platform can finish the
+    /// removal (for VFIO: BAR0 unmapped and the device fd closed, without which the kernel waits
+    /// for the process and the hypervisor never reports the device deleted). Afterwards register
+    /// reads return all-ones, writes go nowhere, and config-space calls fail with
+    /// [`Error::DeviceGone`]; DMA mappings stay valid. Idempotent. The default does nothing
+    /// (the software controller has nothing to release).
+    fn release(&self) {}
+
     /// Called by a queue pair whose completion queue was empty. The inline software controller
     /// uses it to make progress on delayed completions; hardware backends do nothing.
     fn idle_poll(&self) {}

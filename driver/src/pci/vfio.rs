@@ -619,6 +619,10 @@ impl PciFunction for VfioFunction {
         )
     }
 
+    fn release(&self) {
+        VfioFunction::release(self);
+    }
+
     fn removal_requested(&self) -> bool {
         if self.removal.load(Ordering::Acquire) {
             return true;

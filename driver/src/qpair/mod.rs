@@ -601,7 +601,7 @@ impl QueuePair {
             }
         }
         self.ticks = self.ticks.wrapping_add(1);
-        if self.ticks % 64 == 0 {
+        if self.ticks.is_multiple_of(64) {
             self.refresh_clock();
         }
         let timeout_ns = if timeout_ms == 0 {
@@ -994,7 +994,7 @@ impl QueuePair {
     fn idle(&mut self) {
         self.rings.func().idle_poll();
         self.ticks = self.ticks.wrapping_add(1);
-        if self.ticks % 64 != 0 || self.cids.in_flight() == 0 {
+        if !self.ticks.is_multiple_of(64) || self.cids.in_flight() == 0 {
             return;
         }
         self.refresh_clock();

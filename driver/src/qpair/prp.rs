@@ -60,7 +60,7 @@ pub fn build(
     if len == 0 {
         return Err(PrpError::Empty);
     }
-    if iova % 4 != 0 {
+    if !iova.is_multiple_of(4) {
         return Err(PrpError::Misaligned);
     }
     let pages = pages_spanned(iova, len);

@@ -62,7 +62,7 @@ fn wait(qp: &mut QueuePair, ctrl: &Controller, n: usize, secs: u64) -> Vec<Compl
             Err(e) => panic!("unexpected queue error: {e}"),
         }
         spins += 1;
-        if spins % 64 == 0 {
+        if spins.is_multiple_of(64) {
             ctrl.service();
             std::thread::sleep(Duration::from_micros(200));
         }
