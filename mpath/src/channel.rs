@@ -136,6 +136,7 @@ pub struct ChannelStats {
 
 /// Per-command state beside the descriptor (kept apart so that the descriptor is moved once in
 /// and once out, and this small part is rewritten in place).
+#[derive(Clone, Copy, Default)]
 struct Slot {
     /// Path it is on (or last failed on).
     path: u16,
@@ -147,7 +148,6 @@ struct Slot {
     not_before_ns: u64,
     /// Fast-fail deadline while waiting for a path.
     deadline_ns: u64,
-    last_error: Option<IoError>,
 }
 
 /// A per-core handle on a multipath namespace. `Send`, not `Sync`.
@@ -160,7 +160,7 @@ pub struct Channel {
     crdt: Vec<[u64; 3]>,
     cqt_ns: Vec<u64>,
     generation: u64,
-    slots: Vec<Option<Slot>>,
+    slots: Vec<Slot>,
     /// The retained descriptor of each live slot.
     descs: Vec<Option<IoDesc>>,
     free: Vec<u32>,
@@ -168,7 +168,6 @@ pub struct Channel {
     selector: Selector,
     opts: ChannelOptions,
     clock: Instant,
-    scratch: Vec<(u16, Completion)>,
     inbox: Inbox,
     stats: ChannelStats,
     /// Paths of the best usable tier (optimized, else non-optimized), rebuilt when a status
@@ -235,14 +234,13 @@ impl Channel {
             crdt,
             cqt_ns,
             generation: u64::MAX,
-            slots: (0..slots).map(|_| None).collect(),
+            slots: vec![Slot::default(); slots],
             descs: (0..slots).map(|_| None).collect(),
             free: (0..slots as u32).rev().collect(),
             requeue: RequeueRing::new(slots),
             selector: Selector::default(),
             opts,
             clock: Instant::now(),
-            scratch: Vec::with_capacity(256),
             inbox,
             stats: ChannelStats::default(),
             tier: Vec::with_capacity(n),
@@ -401,7 +399,7 @@ impl Channel {
             }
         };
         if r.is_ok() {
-            self.slots[slot as usize].as_mut().expect("live slot").path = p as u16;
+            self.slots[slot as usize].path = p as u16;
         }
         r
     }
@@ -422,21 +420,13 @@ impl Channel {
             }));
         };
         self.descs[slot as usize] = Some(desc);
-        self.slots[slot as usize] = Some(Slot {
-            path: 0,
-            retries: 0,
-            failovers: 0,
-            retry_same: false,
-            not_before_ns: 0,
-            deadline_ns: 0,
-            last_error: None,
-        });
+        self.slots[slot as usize] = Slot::default();
         loop {
             let Some(p) = self.pick_any() else {
                 if self.any_waiting() {
                     // Wait on the ring for a path to come back.
                     let now = self.now_ns();
-                    let s = self.slots[slot as usize].as_mut().unwrap();
+                    let s = &mut self.slots[slot as usize];
                     s.deadline_ns = now + self.opts.fast_fail_ms * 1_000_000;
                     self.requeue.push(slot);
                     return Ok(());
@@ -454,7 +444,6 @@ impl Channel {
     }
 
     fn refuse(&mut self, slot: u32, reason: RefuseReason) -> Box<Refused> {
-        self.slots[slot as usize] = None;
         let desc = self.descs[slot as usize].take().expect("live slot");
         self.free.push(slot);
         Box::new(Refused { reason, desc })
@@ -473,11 +462,19 @@ impl Channel {
         if self.generation != self.ns.generation() {
             self.refresh();
         }
-        let mut scratch = std::mem::take(&mut self.scratch);
-        for (p, q) in self.qps.iter_mut().enumerate() {
-            let Some(q) = q else { continue };
+        let mut n = 0;
+        for p in 0..self.qps.len() {
+            // Take the queue pair out while it delivers, so that each completion is disposed of
+            // as it comes (no staging copy).
+            let Some(mut q) = self.qps[p].take() else {
+                continue;
+            };
             loop {
-                let r = q.poll(max, |c| scratch.push((p as u16, c)));
+                let r = q.poll(max, |c| {
+                    if self.dispose(p, c, &mut f) {
+                        n += 1;
+                    }
+                });
                 match r {
                     Ok(_) => break,
                     Err(e) => {
@@ -486,14 +483,8 @@ impl Channel {
                     }
                 }
             }
+            self.qps[p] = Some(q);
         }
-        let mut n = 0;
-        for (p, c) in scratch.drain(..) {
-            if self.dispose(p as usize, c, &mut f) {
-                n += 1;
-            }
-        }
-        self.scratch = scratch;
         if !self.requeue.is_empty() {
             n += self.drain_requeue(&mut f);
         }
@@ -504,11 +495,17 @@ impl Channel {
     #[inline]
     fn dispose(&mut self, p: usize, c: Completion, f: &mut impl FnMut(MpCompletion)) -> bool {
         let slot = c.tag as u32;
-        let Some(s) = self.slots.get_mut(slot as usize).and_then(|s| s.as_mut()) else {
+        if self.descs.get(slot as usize).is_none_or(|d| d.is_none()) {
             log::error!("completion for unknown channel slot {slot}");
             return false;
-        };
-        let retries_left = s.retries < self.opts.retries;
+        }
+        if let Outcome::Status(st) = c.outcome {
+            if st.is_success() {
+                self.complete(slot, Ok(c.dw0), f);
+                return true;
+            }
+        }
+        let retries_left = self.slots[slot as usize].retries < self.opts.retries;
         let d = dispose(c.outcome, retries_left, self.crdt[p]);
         if d == Disposition::Complete {
             let result = match c.outcome {
@@ -540,14 +537,10 @@ impl Channel {
             _ => {}
         }
         let now = self.now_ns();
-        let s = self.slots[slot as usize].as_mut().unwrap();
-        s.last_error = Some(IoError::Status {
-            ctrl: self.ns.path(p).ctrl.name().clone(),
-            status: match c.outcome {
-                Outcome::Status(st) => st,
-                _ => Status::new(sct::PATH, path_sc::HOST_PATHING_ERROR),
-            },
-        });
+        let idempotent = self.descs[slot as usize]
+            .as_ref()
+            .is_some_and(|d| d.idempotent());
+        let s = &mut self.slots[slot as usize];
         match d {
             Disposition::Retry { delay_ms } => {
                 s.retries += 1;
@@ -564,9 +557,6 @@ impl Channel {
                     return true;
                 }
                 s.retry_same = false;
-                let idempotent = self.descs[slot as usize]
-                    .as_ref()
-                    .is_some_and(|d| d.idempotent());
                 s.not_before_ns = if idempotent {
                     now
                 } else {
@@ -589,7 +579,6 @@ impl Channel {
         result: Result<u32, IoError>,
         f: &mut impl FnMut(MpCompletion),
     ) {
-        self.slots[slot as usize] = None;
         let desc = self.descs[slot as usize].take().expect("live slot");
         self.free.push(slot);
         self.stats.completed += 1;
@@ -611,9 +600,7 @@ impl Channel {
         let mut done = 0;
         for _ in 0..self.requeue.len() {
             let slot = self.requeue.pop().expect("len checked");
-            let s = self.slots[slot as usize]
-                .as_ref()
-                .expect("queued slot is live");
+            let s = self.slots[slot as usize];
             if s.not_before_ns > now {
                 self.requeue.push(slot);
                 continue;
