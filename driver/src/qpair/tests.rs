@@ -611,7 +611,7 @@ mod device_answers {
             let mut pending: HashSet<u64> = HashSet::new();
             let mut tag = 0u64;
             let mut bad = 0u32;
-            let mut take = |qp: &mut QueuePair, pending: &mut HashSet<u64>, bad: &mut u32| {
+            let take = |qp: &mut QueuePair, pending: &mut HashSet<u64>, bad: &mut u32| {
                 let mut got = Vec::new();
                 if qp.poll(64, |c| got.push(c.tag)).is_err() {
                     *bad += 1;
