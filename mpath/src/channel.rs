@@ -154,11 +154,9 @@ struct Slot {
 pub struct Channel {
     ns: Arc<MpNamespace>,
     qps: Vec<Option<QueuePair>>,
-    infos: Vec<NsInfo>,
+    params: Vec<PathParams>,
     status: Vec<PathStatus>,
     in_flight: Vec<usize>,
-    crdt: Vec<[u64; 3]>,
-    cqt_ns: Vec<u64>,
     generation: u64,
     slots: Vec<Slot>,
     /// The retained descriptor of each live slot.
@@ -178,16 +176,32 @@ pub struct Channel {
     rr_run: u32,
 }
 
-fn path_params(ns: &MpNamespace, i: usize, opts: &ChannelOptions) -> (NsInfo, [u64; 3], u64) {
+/// What the channel needs to know about one path's controller.
+#[derive(Clone, Copy)]
+struct PathParams {
+    /// The namespace as this controller reports it (nsid, block size).
+    info: NsInfo,
+    /// CRDT1..3 in ms.
+    crdt: [u64; 3],
+    /// Command Quiesce Time in ns (the configured default when the controller reports 0).
+    cqt_ns: u64,
+    /// ANA Transition Time in ns: how long an inaccessible or changing group may be waited for.
+    anatt_ns: u64,
+}
+
+fn path_params(ns: &MpNamespace, i: usize, opts: &ChannelOptions) -> PathParams {
     let p = ns.path(i);
     let id = p.ctrl.identify();
-    let crdt = [id.crdt_ms(1), id.crdt_ms(2), id.crdt_ms(3)];
     let cqt = match id.cqt_ms() {
         0 => opts.default_cqt_ms,
         v => v,
     };
-    let info = p.ctrl.namespace(ns.info.nsid).map_or(ns.info, |n| n.info);
-    (info, crdt, cqt * 1_000_000)
+    PathParams {
+        info: p.ctrl.namespace(ns.info.nsid).map_or(ns.info, |n| n.info),
+        crdt: [id.crdt_ms(1), id.crdt_ms(2), id.crdt_ms(3)],
+        cqt_ns: cqt * 1_000_000,
+        anatt_ns: id.anatt as u64 * 1_000_000_000,
+    }
 }
 
 impl Channel {
@@ -199,15 +213,10 @@ impl Channel {
     pub fn new(ns: &Arc<MpNamespace>, opts: ChannelOptions) -> Result<Channel, crate::Error> {
         let n = ns.path_count();
         let mut qps = Vec::with_capacity(n);
-        let mut infos = Vec::with_capacity(n);
-        let mut crdt = Vec::with_capacity(n);
-        let mut cqt_ns = Vec::with_capacity(n);
+        let mut params = Vec::with_capacity(n);
         let mut last_err = None;
         for i in 0..n {
-            let (info, c, q) = path_params(ns, i, &opts);
-            infos.push(info);
-            crdt.push(c);
-            cqt_ns.push(q);
+            params.push(path_params(ns, i, &opts));
             match ns.path(i).ctrl.io_queue_pair(opts.queue) {
                 Ok(qp) => qps.push(Some(qp)),
                 Err(e) => {
@@ -228,11 +237,9 @@ impl Channel {
         let mut ch = Channel {
             ns: ns.clone(),
             qps,
-            infos,
+            params,
             status: vec![PathStatus::Waiting; n],
             in_flight: vec![0; n],
-            crdt,
-            cqt_ns,
             generation: u64::MAX,
             slots: vec![Slot::default(); slots],
             descs: (0..slots).map(|_| None).collect(),
@@ -292,10 +299,7 @@ impl Channel {
         let mut inbox = self.inbox.lock().unwrap();
         for (i, qp) in inbox.drain(..) {
             if i < self.qps.len() {
-                let (info, c, q) = path_params(&self.ns, i, &self.opts);
-                self.infos[i] = info;
-                self.crdt[i] = c;
-                self.cqt_ns[i] = q;
+                self.params[i] = path_params(&self.ns, i, &self.opts);
                 // Commands on the old queue pair were failed when its controller went away.
                 self.qps[i] = Some(qp);
             }
@@ -378,7 +382,7 @@ impl Channel {
             .as_ref()
             .expect("issued slot is live");
         let qp = self.qps[p].as_mut().expect("picked path has a queue pair");
-        let info = &self.infos[p];
+        let info = &self.params[p].info;
         let tag = slot as u64;
         let r = match desc.kind {
             IoKind::Read { lba, blocks } => {
@@ -506,7 +510,7 @@ impl Channel {
             }
         }
         let retries_left = self.slots[slot as usize].retries < self.opts.retries;
-        let d = dispose(c.outcome, retries_left, self.crdt[p]);
+        let d = dispose(c.outcome, retries_left, self.params[p].crdt);
         if d == Disposition::Complete {
             let result = match c.outcome {
                 Outcome::Status(st) if st.is_success() => Ok(c.dw0),
@@ -561,13 +565,23 @@ impl Channel {
                     now
                 } else {
                     self.stats.quiesce_waits += 1;
-                    now + self.cqt_ns[p]
+                    now + self.params[p].cqt_ns
                 };
                 self.stats.failovers += 1;
             }
             Disposition::Complete => unreachable!(),
         }
-        s.deadline_ns = s.not_before_ns + self.opts.fast_fail_ms * 1_000_000;
+        // An ANA transition or inaccessible group may take up to ANATT to settle: wait at least
+        // that long for a usable path before failing fast.
+        let mut wait_ns = self.opts.fast_fail_ms * 1_000_000;
+        if let Outcome::Status(st) = c.outcome {
+            if st.sct() == sct::PATH
+                && (st.sc() == path_sc::ANA_TRANSITION || st.sc() == path_sc::ANA_INACCESSIBLE)
+            {
+                wait_ns = wait_ns.max(self.params[p].anatt_ns);
+            }
+        }
+        s.deadline_ns = s.not_before_ns + wait_ns;
         let pushed = self.requeue.push(slot);
         debug_assert!(pushed, "the ring holds every slot");
         false
