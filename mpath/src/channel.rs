@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use vfnvme::qpair::{DataRef, SubmitError};
+use vfnvme::spec::log::AnaState;
 use vfnvme::spec::status::{path as path_sc, sct};
 use vfnvme::spec::Status;
 use vfnvme::{Completion, NsInfo, Outcome, QueueOptions, QueuePair};
@@ -371,6 +372,18 @@ impl Channel {
         }
     }
 
+    /// How long a command may wait for a path: the fast-fail timeout, or ANATT when a path's
+    /// group is inaccessible or changing (it may settle within ANATT).
+    fn hold_ns(&self) -> u64 {
+        let mut wait = self.opts.fast_fail_ms * 1_000_000;
+        for (i, p) in self.ns.paths().iter().enumerate() {
+            if matches!(p.ana(), AnaState::INACCESSIBLE | AnaState::CHANGE) {
+                wait = wait.max(self.params[i].anatt_ns);
+            }
+        }
+        wait
+    }
+
     fn any_waiting(&self) -> bool {
         self.status.contains(&PathStatus::Waiting)
     }
@@ -430,8 +443,9 @@ impl Channel {
                 if self.any_waiting() {
                     // Wait on the ring for a path to come back.
                     let now = self.now_ns();
+                    let wait = self.hold_ns();
                     let s = &mut self.slots[slot as usize];
-                    s.deadline_ns = now + self.opts.fast_fail_ms * 1_000_000;
+                    s.deadline_ns = now + wait;
                     self.requeue.push(slot);
                     return Ok(());
                 }

@@ -510,3 +510,58 @@ fn mismatched_namespaces_are_not_merged() {
     assert!(e.to_string().contains("refusing to merge"), "{e}");
     assert!(forced.namespace(7).is_err());
 }
+
+#[test]
+fn inaccessible_everywhere_holds_io_up_to_anatt_then_resumes() {
+    // Arrange: both paths' ANA group goes inaccessible; the fast-fail timeout is short, but the
+    // controllers advertise ANATT = 10 s, so I/O that hits the inaccessible group is held.
+    let w = world(1);
+    let _cp = MpathControl::new(
+        std::slice::from_ref(&w.ns),
+        ReconnectOptions {
+            interval: Duration::from_millis(1),
+            ..Default::default()
+        },
+    )
+    .spawn();
+    let mut ch = Channel::new(
+        &w.ns,
+        ChannelOptions {
+            fast_fail_ms: 20,
+            ..chan_opts()
+        },
+    )
+    .unwrap();
+    for i in 0..2 {
+        w.sim
+            .controller(i)
+            .faults()
+            .set_ana_state(1, AnaState::INACCESSIBLE);
+    }
+    let buf = w.pool.alloc(IO_BYTES, 4096).unwrap();
+    stamp(&buf, 256, 7);
+    // Act: a write while everything is inaccessible; the group comes back after 200 ms.
+    ch.submit(IoDesc::write(256, IO_BLOCKS, buf, 1)).unwrap();
+    let start = Instant::now();
+    let mut done = None;
+    while done.is_none() {
+        ch.poll(8, |c| done = Some(c.result.clone()));
+        if start.elapsed() > Duration::from_millis(200) {
+            w.sim
+                .controller(1)
+                .faults()
+                .set_ana_state(1, AnaState::OPTIMIZED);
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "held past ANATT");
+    }
+    // Assert: held (not failed after the 20 ms fast-fail), then completed on the returned path.
+    assert_eq!(done.unwrap(), Ok(0));
+    assert!(start.elapsed() >= Duration::from_millis(200));
+    let rb = w.pool.alloc(IO_BYTES, 4096).unwrap();
+    ch.submit(IoDesc::read(256, IO_BLOCKS, rb, 2)).unwrap();
+    let mut back = None;
+    while back.is_none() {
+        ch.poll(8, |c| back = c.data);
+    }
+    check(&back.unwrap(), 256, 7).unwrap();
+}
