@@ -6,14 +6,24 @@
 //! The guest exports `VFNVME_VM_BDFS` (the controllers' PCI addresses, bound to vfio-pci) and
 //! `VFNVME_VM_NOIOMMU`.
 
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vfnvme::pci::vfio::{VfioFunction, VfioSystem};
 use vfnvme::pci::PciFunction;
-use vfnvme::{Completion, Controller, ControllerOptions, NsInfo, QueueOptions, QueuePair};
+use vfnvme::spec::NvmOpcode;
+use vfnvme::{
+    Completion, Controller, ControllerOptions, CtrlState, NsInfo, Outcome, PassthruCmd,
+    QueueOptions, QueuePair,
+};
 use vfnvme_hugepages::{DmaBuf, DmaPool, PagePolicy};
-use vfnvme_mpath::Subsystem;
+use vfnvme_mpath::{
+    Channel, ChannelOptions, IoDesc, MpNamespace, MpathControl, PathStatus, Policy,
+    ReconnectOptions, Subsystem,
+};
 
 fn bdfs() -> Vec<String> {
     let v: Vec<String> = std::env::var("VFNVME_VM_BDFS")
@@ -256,4 +266,645 @@ fn noiommu_io_verify_hugepages() {
     let g = open(PagePolicy::RequireHuge);
     assert!(g.funcs.iter().all(|f| f.is_noiommu()));
     io_suite(&g);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hot-unplug: the guest asks the host for QMP device_del / device_add through the run dir
+// (tests/vm/qmp-watch.py, started by run-guest.sh for every boot).
+// ---------------------------------------------------------------------------------------------
+
+/// The rig's controller whose removal the unplug tests request: QEMU id `nvme1`, index 1 of
+/// `VFNVME_VM_BDFS` (0000:02:00.0).
+const UNPLUG_ID: &str = "nvme1";
+const UNPLUG_INDEX: usize = 1;
+
+/// A minimal stderr logger, so that the driver's removal and release messages show in the log.
+fn init_logging() {
+    struct L;
+    impl log::Log for L {
+        fn enabled(&self, m: &log::Metadata) -> bool {
+            m.level() <= log::Level::Info
+        }
+        fn log(&self, r: &log::Record) {
+            if self.enabled(r.metadata()) {
+                eprintln!("[{} {}] {}", r.level(), r.target(), r.args());
+            }
+        }
+        fn flush(&self) {}
+    }
+    static LOGGER: L = L;
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
+}
+
+/// A QMP request handed to the host's watcher.
+struct QmpRequest {
+    what: String,
+    done: PathBuf,
+    sent: Instant,
+}
+
+const QMP_DIR: &str = "/rig/qmp";
+
+/// Asks the host to run `line` (`device_del nvmeI [TIMEOUT_S]` or `device_add nvmeI`) on this
+/// guest's QMP socket. Returns at once; [`QmpRequest::wait`] collects the answer.
+fn qmp_request(line: &str) -> QmpRequest {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let dir = Path::new(QMP_DIR);
+    assert!(
+        dir.is_dir(),
+        "{QMP_DIR} does not exist: the host's QMP request watcher (tests/vm/qmp-watch.py, started \
+         by tests/vm/run-guest.sh unless RIG_QMP_WATCH=0) is not running for this boot"
+    );
+    let name = format!(
+        "{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let tmp = dir.join(format!(".req-{name}"));
+    let req = dir.join(format!("req-{name}"));
+    std::fs::write(&tmp, format!("{line}\n")).unwrap_or_else(|e| panic!("{}: {e}", tmp.display()));
+    std::fs::rename(&tmp, &req).unwrap_or_else(|e| panic!("{}: {e}", req.display()));
+    eprintln!("qmp: requested `{line}` ({})", req.display());
+    QmpRequest {
+        what: line.to_string(),
+        done: dir.join(format!("done-{name}")),
+        sent: Instant::now(),
+    }
+}
+
+impl QmpRequest {
+    /// The host's answer, once there is one: `Ok(text)` for "ok text", `Err(text)` otherwise.
+    fn poll(&self) -> Option<Result<String, String>> {
+        let text = std::fs::read_to_string(&self.done).ok()?;
+        let text = text.trim().to_string();
+        Some(match text.strip_prefix("ok ") {
+            Some(t) => Ok(t.to_string()),
+            None => Err(text),
+        })
+    }
+
+    /// Waits up to `timeout` for the answer.
+    fn wait(&self, timeout: Duration) -> Result<String, String> {
+        loop {
+            if let Some(r) = self.poll() {
+                eprintln!(
+                    "qmp: `{}` answered after {:.2} s: {r:?}",
+                    self.what,
+                    self.sent.elapsed().as_secs_f64()
+                );
+                return r;
+            }
+            if self.sent.elapsed() > timeout {
+                return Err(format!(
+                    "no answer to `{}` within {timeout:?} (see the run dir's qmp/watcher.log)",
+                    self.what
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Polls `f` every 10 ms until it is true; panics after `timeout`.
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn sysfs_dev(bdf: &str) -> PathBuf {
+    Path::new("/sys/bus/pci/devices").join(bdf)
+}
+
+fn driver_of(bdf: &str) -> Option<String> {
+    std::fs::read_link(sysfs_dev(bdf).join("driver"))
+        .ok()
+        .and_then(|l| l.file_name().map(|n| n.to_string_lossy().into_owned()))
+}
+
+/// After `device_add`: waits for the function to appear and binds it to vfio-pci again
+/// (`driver_override` + `drivers_probe`, as tests/vm/guest-bind.sh does), then waits for its
+/// group node.
+fn rebind_vfio(bdf: &str) {
+    let dev = sysfs_dev(bdf);
+    wait_until(
+        &format!("{bdf} to reappear"),
+        Duration::from_secs(30),
+        || dev.join("class").exists(),
+    );
+    let class = std::fs::read_to_string(dev.join("class")).unwrap_or_default();
+    assert_eq!(
+        class.trim(),
+        "0x010802",
+        "{bdf} came back as an NVMe function"
+    );
+    match driver_of(bdf).as_deref() {
+        Some("vfio-pci") => {}
+        Some(other) => {
+            eprintln!("{bdf}: unbinding from {other}");
+            std::fs::write(dev.join("driver/unbind"), bdf).expect("unbind");
+        }
+        None => {}
+    }
+    std::fs::write(dev.join("driver_override"), "vfio-pci").expect("driver_override");
+    let t0 = Instant::now();
+    while driver_of(bdf).as_deref() != Some("vfio-pci") {
+        // The probe can race with the tail of the hot-add; try again for a while.
+        if let Err(e) = std::fs::write("/sys/bus/pci/drivers_probe", bdf) {
+            eprintln!("{bdf}: drivers_probe: {e}");
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{bdf} did not bind to vfio-pci (driver {:?})",
+            driver_of(bdf)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let group = std::fs::read_link(dev.join("iommu_group")).expect("iommu_group link");
+    let group = group.file_name().unwrap().to_string_lossy().into_owned();
+    let node = Path::new("/dev/vfio").join(&group);
+    let noiommu = Path::new("/dev/vfio").join(format!("noiommu-{group}"));
+    wait_until(
+        &format!("{}", node.display()),
+        Duration::from_secs(10),
+        || node.exists() || noiommu.exists(),
+    );
+    eprintln!("{bdf}: back on vfio-pci, iommu group {group}");
+}
+
+/// Brings the unplugged controller back: device_add, rebind, open (a new VFIO container, so a
+/// new DMA domain; `Controller::open` maps the pool into it) and bring-up.
+fn replug(pool: &Arc<DmaPool>, bdf: &str) -> (Arc<VfioFunction>, Controller) {
+    wait_until(
+        &format!("{bdf} to leave sysfs before device_add"),
+        Duration::from_secs(10),
+        || !sysfs_dev(bdf).exists(),
+    );
+    qmp_request(&format!("device_add {UNPLUG_ID}"))
+        .wait(Duration::from_secs(30))
+        .expect("device_add");
+    rebind_vfio(bdf);
+    let f = VfioSystem::open(&[bdf])
+        .expect("reopen the re-added controller")
+        .remove(0);
+    let pf: Arc<dyn PciFunction> = f.clone();
+    let ctrl = Controller::open(pf, pool.clone(), ControllerOptions::default())
+        .expect("bring-up of the re-added controller");
+    (f, ctrl)
+}
+
+/// Issue A: a controller held by the driver is unplugged with QMP `device_del`; the control
+/// plane notices the removal request, fails what was in flight, releases the function (so the
+/// kernel finishes the removal and QEMU reports DEVICE_DELETED), and the path reports Gone.
+/// `device_add` brings it back and the driver re-attaches it.
+#[test]
+#[ignore = "guest only: run by tests/vm/ci.sh"]
+fn vfio_hot_unplug_releases_and_reattaches() {
+    if noiommu_boot() {
+        eprintln!("skipped: this boot is the no-IOMMU one");
+        return;
+    }
+    init_logging();
+    let bdf = bdfs()[UNPLUG_INDEX].clone();
+    let g = open(PagePolicy::PreferHuge);
+    let subnqn = g.ctrls[UNPLUG_INDEX].identify().subnqn();
+    let subs = Subsystem::group(g.ctrls.clone()).unwrap();
+    let ns = subs[0].namespace(1).unwrap();
+    assert_eq!(ns.path_count(), 2);
+    let info = ns.info;
+    let (c0, c1) = (&g.ctrls[0], &g.ctrls[UNPLUG_INDEX]);
+
+    // Commands in flight on the doomed controller: rung, never reaped.
+    let mut q1 = c1.io_queue_pair(QueueOptions::default()).unwrap();
+    let buf = g.pool.alloc(4096, 4096).unwrap();
+    for tag in 0..4 {
+        q1.read(&info, tag * 8, 8, &buf, 0, tag).unwrap();
+    }
+    q1.ring();
+
+    // Removal while held: run the control plane's service step until it lets go.
+    let t0 = Instant::now();
+    let del = qmp_request(&format!("device_del {UNPLUG_ID} 60"));
+    let mut answer = None;
+    while c1.state() != CtrlState::Removed {
+        c0.service();
+        c1.service();
+        if answer.is_none() {
+            answer = del.poll();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{bdf} not Removed 30 s after device_del (state {}, QMP answer {answer:?})",
+            c1.state()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    eprintln!(
+        "{bdf}: Removed {:.2} s after device_del",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(
+        g.funcs[UNPLUG_INDEX].is_released(),
+        "the control plane released the function"
+    );
+    assert!(g.funcs[UNPLUG_INDEX].is_gone());
+    assert_eq!(
+        c1.function().read32(0x1c),
+        u32::MAX,
+        "BAR0 reads all-ones after release"
+    );
+    assert_eq!(
+        ns.path(UNPLUG_INDEX).status(),
+        PathStatus::Gone,
+        "the path reports Gone"
+    );
+    let r = match answer {
+        Some(r) => r,
+        None => del.wait(Duration::from_secs(60)),
+    };
+    let r = r.expect("DEVICE_DELETED: the kernel finished the removal after the release");
+    assert!(r.contains("DEVICE_DELETED"), "{r}");
+    wait_until(
+        &format!("{bdf} to leave sysfs"),
+        Duration::from_secs(10),
+        || !sysfs_dev(&bdf).exists(),
+    );
+    // What was in flight fails with Removed, exactly once; new commands are refused.
+    let mut failed = Vec::new();
+    for _ in 0..10 {
+        q1.poll(64, |c| failed.push(c)).expect("no bad completions");
+    }
+    let mut tags: Vec<u64> = failed.iter().map(|c| c.tag).collect();
+    tags.sort_unstable();
+    assert_eq!(
+        tags,
+        vec![0, 1, 2, 3],
+        "each in-flight command completes once"
+    );
+    assert!(
+        failed.iter().all(|c| c.outcome == Outcome::Removed),
+        "{failed:?}"
+    );
+    assert!(
+        q1.read(&info, 0, 8, &buf, 0, 9).is_err(),
+        "a removed controller refuses I/O"
+    );
+    drop(q1);
+    // The other controller is unaffected.
+    assert_eq!(c0.service(), CtrlState::Live);
+    let mut q0 = c0.io_queue_pair(QueueOptions::default()).unwrap();
+    write_then_read(&g, &mut q0, 0, None, &info, 1 << 16, 8192, 0, 0xa1);
+
+    // Back: device_add, rebind, reopen, identify, re-attach, I/O through it.
+    let (f, ctrl) = replug(&g.pool, &bdf);
+    eprintln!(
+        "{bdf}: re-attached: cntlid {} subnqn {} (group {}, domain {:?})",
+        ctrl.identify().cntlid,
+        ctrl.identify().subnqn(),
+        f.iommu_group(),
+        f.domain()
+    );
+    assert_eq!(ctrl.identify().subnqn(), subnqn, "same subsystem");
+    assert_eq!(ctrl.state(), CtrlState::Live);
+    ns.reattach(UNPLUG_INDEX, ctrl.clone())
+        .expect("re-attach the path");
+    assert!(ns.path(UNPLUG_INDEX).status().usable());
+    // Write through the re-attached controller, read through the other one, and back.
+    let g2 = Guest {
+        funcs: vec![g.funcs[0].clone(), f],
+        ctrls: vec![c0.clone(), ctrl.clone()],
+        pool: g.pool.clone(),
+    };
+    let mut q1 = ctrl.io_queue_pair(QueueOptions::default()).unwrap();
+    write_then_read(
+        &g2,
+        &mut q1,
+        1,
+        Some((&mut q0, 0)),
+        &info,
+        1 << 17,
+        65536,
+        0,
+        0xa2,
+    );
+    write_then_read(
+        &g2,
+        &mut q0,
+        0,
+        Some((&mut q1, 1)),
+        &info,
+        1 << 18,
+        12288,
+        512,
+        0xa3,
+    );
+    assert_eq!(ctrl.service(), CtrlState::Live);
+}
+
+// The verify workload of tests/tests/sim_mpath.rs, over real VFIO: every block carries its LBA,
+// a generation and a checksum.
+const BLOCK: usize = 512;
+const IO_BLOCKS: u32 = 8;
+const IO_BYTES: usize = BLOCK * IO_BLOCKS as usize;
+
+fn checksum(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
+        (h ^ x as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+fn stamp(buf: &DmaBuf, lba: u64, gen: u64) {
+    let mut v = vec![0u8; IO_BYTES];
+    for (i, blk) in v.chunks_mut(BLOCK).enumerate() {
+        let l = lba + i as u64;
+        blk[0..8].copy_from_slice(&l.to_le_bytes());
+        blk[8..16].copy_from_slice(&gen.to_le_bytes());
+        for (k, b) in blk[24..].iter_mut().enumerate() {
+            *b = (l as usize * 131 + gen as usize * 7 + k) as u8;
+        }
+        let c = checksum(&blk[24..]);
+        blk[16..24].copy_from_slice(&c.to_le_bytes());
+    }
+    buf.write(0, &v);
+}
+
+fn check(buf: &DmaBuf, lba: u64, gen: u64) -> Result<(), String> {
+    let v = buf.to_vec();
+    for (i, blk) in v[..IO_BYTES].chunks(BLOCK).enumerate() {
+        let l = u64::from_le_bytes(blk[0..8].try_into().unwrap());
+        let g = u64::from_le_bytes(blk[8..16].try_into().unwrap());
+        let c = u64::from_le_bytes(blk[16..24].try_into().unwrap());
+        if l != lba + i as u64 {
+            return Err(format!("block {}: holds lba {l}", lba + i as u64));
+        }
+        if g != gen {
+            return Err(format!("block {l}: generation {g}, expected {gen}"));
+        }
+        if c != checksum(&blk[24..]) {
+            return Err(format!("block {l}: bad checksum"));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Tally {
+    submitted: AtomicU64,
+    completed: AtomicU64,
+    verified: AtomicU64,
+    failovers: AtomicU64,
+    /// Commands issued on each path (sampled right after each batch is submitted, before any
+    /// poll: `Channel::in_flight_per_path`).
+    per_path: [AtomicU64; 2],
+}
+
+/// One core's verify loop over its own LBA range until `stop`: write every slot with a new
+/// generation, then read every slot back and check it; plain and passthrough commands alternate
+/// by round. Every command must complete exactly once, successfully.
+fn verify_worker(
+    core: u64,
+    ns: Arc<MpNamespace>,
+    pool: Arc<DmaPool>,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+) {
+    let opts = ChannelOptions {
+        queue: QueueOptions {
+            size: 32,
+            ..Default::default()
+        },
+        policy: Policy::RoundRobin { min_ios: 1 },
+        slots: 64,
+        default_cqt_ms: 5,
+        ..Default::default()
+    };
+    let mut ch = Channel::new(&ns, opts).unwrap();
+    let qd = 8u64;
+    let base = (1 << 20) + core * 4096;
+    let mut bufs: Vec<Option<DmaBuf>> = (0..qd)
+        .map(|_| Some(pool.alloc(IO_BYTES, 4096).unwrap()))
+        .collect();
+    let mut gen = 0u64;
+    let mut round = 0u64;
+    while !stop.load(Ordering::Relaxed) || round < 2 {
+        gen += 1;
+        for read_phase in [false, true] {
+            let passthru = round % 2 == 1;
+            let mut pending: HashSet<u64> = HashSet::new();
+            for i in 0..qd {
+                let lba = base + i * IO_BLOCKS as u64;
+                let buf = bufs[i as usize].take().unwrap();
+                if read_phase {
+                    buf.fill(0, IO_BYTES, 0);
+                } else {
+                    stamp(&buf, lba, gen);
+                }
+                let tag = (gen << 20) | (read_phase as u64) << 16 | i;
+                let mut desc = if passthru {
+                    let op = if read_phase {
+                        NvmOpcode::READ.0
+                    } else {
+                        NvmOpcode::WRITE.0
+                    };
+                    let cmd = PassthruCmd {
+                        opcode: op,
+                        nsid: 1,
+                        cdw10_15: [lba as u32, (lba >> 32) as u32, IO_BLOCKS - 1, 0, 0, 0],
+                        ..Default::default()
+                    };
+                    IoDesc::passthru(cmd, Some(buf), None, read_phase, tag)
+                } else if read_phase {
+                    IoDesc::read(lba, IO_BLOCKS, buf, tag)
+                } else {
+                    IoDesc::write(lba, IO_BLOCKS, buf, tag)
+                };
+                loop {
+                    match ch.submit(desc) {
+                        Ok(()) => break,
+                        Err(r) => {
+                            assert_eq!(
+                                r.reason,
+                                vfnvme_mpath::channel::RefuseReason::Full,
+                                "core {core}: refused"
+                            );
+                            desc = r.desc;
+                            ch.poll(64, |c| panic!("unexpected early completion {:#x}", c.tag));
+                        }
+                    }
+                }
+                assert!(pending.insert(tag));
+                tally.submitted.fetch_add(1, Ordering::Relaxed);
+            }
+            for (p, n) in ch.in_flight_per_path().into_iter().enumerate().take(2) {
+                tally.per_path[p].fetch_add(n as u64, Ordering::Relaxed);
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !pending.is_empty() {
+                ch.poll(64, |c| {
+                    assert!(
+                        pending.remove(&c.tag),
+                        "core {core}: tag {:#x} completed twice or unknown",
+                        c.tag
+                    );
+                    tally.completed.fetch_add(1, Ordering::Relaxed);
+                    let i = c.tag & 0xffff;
+                    if let Err(e) = &c.result {
+                        panic!("core {core} gen {gen} slot {i} read={read_phase}: {e}");
+                    }
+                    let buf = c.data.expect("buffer comes back");
+                    if read_phase {
+                        let lba = base + i * IO_BLOCKS as u64;
+                        if let Err(e) = check(&buf, lba, gen) {
+                            panic!("core {core}: corrupted data: {e}");
+                        }
+                        tally.verified.fetch_add(1, Ordering::Relaxed);
+                    }
+                    bufs[i as usize] = Some(buf);
+                });
+                assert!(
+                    Instant::now() < deadline,
+                    "core {core}: {} commands never completed",
+                    pending.len()
+                );
+                std::hint::spin_loop();
+            }
+        }
+        round += 1;
+    }
+    assert_eq!(ch.outstanding(), 0);
+    let st = ch.stats();
+    assert_eq!(st.no_path, 0, "core {core}: {st:?}");
+    assert_eq!(st.bad_completions, 0, "core {core}: {st:?}");
+    eprintln!("core {core}: {round} rounds, {st:?}");
+    tally.failovers.fetch_add(st.failovers, Ordering::Relaxed);
+}
+
+/// Issue B: the verify workload on two cores over both controllers (round-robin) while one of
+/// them is unplugged with QMP `device_del`: I/O continues on the other with no errors; after
+/// `device_add` the path is re-attached and carries I/O again.
+#[test]
+#[ignore = "guest only: run by tests/vm/ci.sh"]
+fn vfio_multipath_verify_survives_unplug() {
+    if noiommu_boot() {
+        eprintln!("skipped: this boot is the no-IOMMU one");
+        return;
+    }
+    init_logging();
+    let bdf = bdfs()[UNPLUG_INDEX].clone();
+    let g = open(PagePolicy::PreferHuge);
+    let subnqn = g.ctrls[0].identify().subnqn();
+    let subs = Subsystem::group(g.ctrls.clone()).unwrap();
+    let ns = subs[0].namespace(1).unwrap();
+    assert_eq!(ns.path_count(), 2);
+    let control = MpathControl::new(
+        std::slice::from_ref(&ns),
+        ReconnectOptions {
+            reconnect_delay: Duration::from_millis(100),
+            ctrl_loss_timeout: Duration::from_secs(60),
+            interval: Duration::from_millis(2),
+        },
+    )
+    .spawn();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let workers: Vec<_> = (0..2)
+        .map(|core| {
+            let (ns, pool, stop, tally) = (ns.clone(), g.pool.clone(), stop.clone(), tally.clone());
+            std::thread::Builder::new()
+                .name(format!("verify-{core}"))
+                .spawn(move || verify_worker(core, ns, pool, stop, tally))
+                .unwrap()
+        })
+        .collect();
+    let t0 = Instant::now();
+    let path = |p: usize| tally.per_path[p].load(Ordering::Relaxed);
+    let completed = || tally.completed.load(Ordering::Relaxed);
+    let alive = || workers.iter().all(|w| !w.is_finished());
+    let progress = |what: &str, f: &mut dyn FnMut() -> bool| {
+        wait_until(what, Duration::from_secs(20), || {
+            assert!(
+                alive(),
+                "a verify worker died (see its panic above) while waiting for {what}"
+            );
+            f()
+        })
+    };
+    progress("both paths to carry I/O", &mut || {
+        path(0) >= 64 && path(1) >= 64
+    });
+    eprintln!(
+        "t={:.2}s before unplug: per path {:?}, completed {}",
+        t0.elapsed().as_secs_f64(),
+        [path(0), path(1)],
+        completed()
+    );
+
+    // Unplug nvme1 under load.
+    let del = qmp_request(&format!("device_del {UNPLUG_ID} 60"));
+    progress("the path to go", &mut || {
+        ns.path(UNPLUG_INDEX).status() == PathStatus::Gone
+    });
+    let r = del
+        .wait(Duration::from_secs(60))
+        .expect("DEVICE_DELETED under load: the control plane released the function");
+    assert!(r.contains("DEVICE_DELETED"), "{r}");
+    assert!(g.funcs[UNPLUG_INDEX].is_released());
+    std::thread::sleep(Duration::from_millis(200));
+    let (gone1, gone_done) = (path(1), completed());
+    progress("I/O to go on over path 0 alone", &mut || {
+        completed() >= gone_done + 200
+    });
+    assert_eq!(path(1), gone1, "nothing is sent to the removed path");
+    eprintln!(
+        "t={:.2}s unplugged: per path {:?}, completed {}",
+        t0.elapsed().as_secs_f64(),
+        [path(0), path(1)],
+        completed()
+    );
+
+    // Back: device_add, rebind, reopen, re-attach; round-robin uses it again.
+    let (_f, ctrl) = replug(&g.pool, &bdf);
+    assert_eq!(ctrl.identify().subnqn(), subnqn, "same subsystem");
+    ns.reattach(UNPLUG_INDEX, ctrl).expect("re-attach the path");
+    progress("the re-attached path to carry I/O", &mut || {
+        path(1) >= gone1 + 64
+    });
+    assert!(ns.path(UNPLUG_INDEX).status().usable());
+    let back = (path(0), path(1));
+    progress("more I/O over both paths", &mut || {
+        path(0) >= back.0 + 32 && path(1) >= back.1 + 32
+    });
+    eprintln!(
+        "t={:.2}s re-attached: per path {:?}, completed {}",
+        t0.elapsed().as_secs_f64(),
+        [path(0), path(1)],
+        completed()
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().expect("verify worker failed");
+    }
+    drop(control);
+    let t = &tally;
+    let (sub, done, ver) = (
+        t.submitted.load(Ordering::Relaxed),
+        t.completed.load(Ordering::Relaxed),
+        t.verified.load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "B: {sub} submitted, {done} completed, {ver} reads verified, {} failovers, per path {:?}, {:.2} s",
+        t.failovers.load(Ordering::Relaxed),
+        [path(0), path(1)],
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(sub, done, "every command completed exactly once");
+    assert!(ver > 0);
 }

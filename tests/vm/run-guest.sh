@@ -31,10 +31,12 @@
 #   RIG_QEMU_EXTRA=... extra QEMU arguments (word-split)
 #   RIG_KERNEL=PATH    kernel to boot                                  [the uncompressed vmlinux]
 #   RIG_SHELL=1        interactive shell on the serial console (Ctrl-A X quits QEMU)
+#   RIG_QMP_WATCH=0    do not start qmp-watch.py (the guest's QMP request channel, /rig/qmp)      [1]
 #   VFNVME_VM_CACHE    cache dir (see setup.sh)                          [<repo>/target/vm-cache]
 #
 # Files in the run dir: cmd.sh (what the guest runs), out.log (its output), exit-code,
-# console.log (the serial console), qemu.cmdline, qemu.stderr, qemu.pid, qmp.sock, ns1.img.
+# console.log (the serial console), qemu.cmdline, qemu.stderr, qemu.pid, qmp.sock, ns1.img,
+# qmp/ (the guest's QMP requests and their answers, qmp/watcher.log).
 #
 # Exit code: the command's; 124 if the guest timed out; 125 if it did not boot or died before
 # the command finished; 2 for a usage error.
@@ -176,9 +178,19 @@ touch "$RD/out.log"
 tail -n +1 -F "$RD/out.log" 2>/dev/null &
 TAILPID=$!
 QPID=
+# The guest -> QMP request channel (qmp-watch.py): the guest writes /rig/qmp/req-NAME, the
+# watcher runs it on this boot's QMP socket and answers in /rig/qmp/done-NAME.
+WATCHPID=
+if [ "${RIG_QMP_WATCH:-1}" != 0 ]; then
+    rm -rf "$RD/qmp"
+    mkdir -p "$RD/qmp"
+    python3 "$HERE/qmp-watch.py" "$RD" --parent $$ 2>> "$RD/qmp/watcher.log" &
+    WATCHPID=$!
+fi
 # shellcheck disable=SC2317  # (called by the trap)
 cleanup() {
     [ -n "$QPID" ] && kill "$QPID" 2>/dev/null
+    [ -n "$WATCHPID" ] && kill "$WATCHPID" 2>/dev/null
     kill "$TAILPID" 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -195,6 +207,11 @@ T1=$(date +%s.%N)
 sleep 0.3                      # let tail print the last lines
 kill "$TAILPID" 2>/dev/null || true
 wait "$TAILPID" 2>/dev/null || true
+if [ -n "$WATCHPID" ]; then
+    kill "$WATCHPID" 2>/dev/null || true
+    wait "$WATCHPID" 2>/dev/null || true
+    WATCHPID=
+fi
 WALL=$(echo "$T1 - $T0" | bc)
 READY=$(grep -ao 'rig-init: root ready at uptime [0-9.]*s' "$RD/console.log" 2>/dev/null | tr -d '\r' || true)
 

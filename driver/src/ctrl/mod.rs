@@ -188,6 +188,9 @@ struct QueueRecord {
 #[derive(Default)]
 struct Queues {
     live: Vec<QueueRecord>,
+    /// Qids taken by `io_queue_pair` calls still creating their queues (so that two threads
+    /// creating queue pairs at once never pick the same qid).
+    creating: Vec<u16>,
 }
 
 type EventHandler = Box<dyn FnMut(AsyncEvent) + Send>;
@@ -796,14 +799,33 @@ impl Controller {
             .size
             .clamp(2, (self.inner.cap.mqes() as u32 + 1).min(4096) as u16);
         let qid = {
-            let q = self.inner.queues.lock().unwrap();
-            (1..=info.io_queues)
-                .find(|id| !q.live.iter().any(|r| r.qid == *id))
+            let mut q = self.inner.queues.lock().unwrap();
+            let qid = (1..=info.io_queues)
+                .find(|id| !q.live.iter().any(|r| r.qid == *id) && !q.creating.contains(id))
                 .ok_or(Error::NoQueues {
                     ctrl: name.clone(),
                     granted: info.io_queues,
-                })?
+                })?;
+            q.creating.push(qid);
+            qid
         };
+        let r = self.new_queue_pair(qid, size, &info, opts);
+        self.inner
+            .queues
+            .lock()
+            .unwrap()
+            .creating
+            .retain(|&id| id != qid);
+        r
+    }
+
+    fn new_queue_pair(
+        &self,
+        qid: u16,
+        size: u16,
+        info: &CtrlInfo,
+        opts: QueueOptions,
+    ) -> Result<QueuePair, Error> {
         let rec = QueueRecord {
             qid,
             size,

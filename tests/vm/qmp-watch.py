@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""qmp-watch.py: the host half of the rig's guest -> QMP request channel (stdlib only).
+
+Usage: qmp-watch.py RUNDIR [--parent PID]
+
+run-guest.sh starts it in the background for the duration of each boot (and kills it when the
+guest exits; it also exits by itself once PID, default its parent, is gone). The guest test cannot
+reach QMP, so it asks through the shared run dir (/rig in the guest = RUNDIR on the host):
+
+  guest writes  RUNDIR/qmp/req-NAME   one line: "device_del nvmeI [TIMEOUT_S]" or "device_add nvmeI"
+                                      (write it under another name and rename it into place)
+  host writes   RUNDIR/qmp/done-NAME  first line "ok ..." or "error: ...", then details
+
+NAME is any [A-Za-z0-9._-]+ the guest picks (unique per request). device_del waits on the same
+QMP connection for DEVICE_DELETED of that id (default 60 s), so "ok" means the guest kernel
+finished the removal, i.e. the process holding the device released it. device_add re-creates the
+controller exactly as run-guest.sh did at boot (README, "Hot-unplug and re-add"): same id, serial,
+subsystem and root port, so it comes back at the same PCI address, unbound.
+RUNDIR/qmp/watcher.log records every request.
+"""
+import json
+import os
+import re
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from qmp import QMP, QMPError  # noqa: E402
+
+REQ = re.compile(r"^req-([A-Za-z0-9._-]+)$")
+DEV = re.compile(r"^nvme([0-9]+)$")
+
+
+def log(rundir, msg):
+    line = "%.3f %s\n" % (time.time(), msg)
+    with open(os.path.join(rundir, "qmp", "watcher.log"), "a") as f:
+        f.write(line)
+
+
+def execute(sock, words):
+    """Runs one request; returns (ok, text)."""
+    if len(words) < 2 or words[0] not in ("device_del", "device_add"):
+        return False, "unknown request %r (want 'device_del nvmeI [TIMEOUT_S]' or 'device_add nvmeI')" % " ".join(words)
+    op, dev = words[0], words[1]
+    m = DEV.match(dev)
+    if not m:
+        return False, "bad device id %r (want nvmeI)" % dev
+    idx = int(m.group(1))
+    if not os.path.exists(sock):
+        return False, "no QMP socket at %s" % sock
+    try:
+        q = QMP(sock, timeout=30.0)
+    except (OSError, QMPError, EOFError) as e:
+        return False, "cannot talk to QEMU at %s: %s" % (sock, e)
+    t0 = time.monotonic()
+    try:
+        if op == "device_del":
+            timeout = float(words[2]) if len(words) > 2 else 60.0
+            reply = q.cmd("device_del", {"id": dev})
+            if "return" not in reply:
+                return False, "device_del refused: %s" % json.dumps(reply)
+            while True:
+                left = timeout - (time.monotonic() - t0)
+                ev = q.wait_event("DEVICE_DELETED", max(0.0, left)) if left > 0 else None
+                if ev is None:
+                    return False, ("no DEVICE_DELETED for %s within %.0f s (is the device still "
+                                   "held open in the guest?)" % (dev, timeout))
+                if ev.get("data", {}).get("device") in (dev, None):
+                    return True, "DEVICE_DELETED %s after %.3f s: %s" % (
+                        dev, time.monotonic() - t0, json.dumps(ev))
+        args = {"driver": "nvme", "id": dev, "serial": "RIGSERIAL0", "subsys": "subsys0",
+                "bus": "rp%d" % idx}
+        reply = q.cmd("device_add", args)
+        if "return" not in reply:
+            return False, "device_add %s refused: %s" % (json.dumps(args), json.dumps(reply))
+        return True, "device_add %s done in %.3f s" % (json.dumps(args), time.monotonic() - t0)
+    except (OSError, EOFError, ValueError) as e:
+        return False, "%s %s: QMP failed: %s" % (op, dev, e)
+    finally:
+        try:
+            q.sock.close()
+        except OSError:
+            pass
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def main(argv):
+    if len(argv) < 2 or argv[1] in ("-h", "--help"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    rundir = argv[1]
+    parent = os.getppid()
+    if len(argv) >= 4 and argv[2] == "--parent":
+        parent = int(argv[3])
+    qdir = os.path.join(rundir, "qmp")
+    os.makedirs(qdir, exist_ok=True)
+    sock = os.path.join(rundir, "qmp.sock")
+    log(rundir, "watcher started (pid %d, parent %d)" % (os.getpid(), parent))
+    seen = set()
+    while alive(parent):
+        try:
+            names = sorted(os.listdir(qdir))
+        except FileNotFoundError:
+            names = []
+        for name in names:
+            m = REQ.match(name)
+            if not m or name in seen:
+                continue
+            seen.add(name)
+            key = m.group(1)
+            done = os.path.join(qdir, "done-" + key)
+            if os.path.exists(done):
+                continue
+            try:
+                with open(os.path.join(qdir, name)) as f:
+                    words = f.read().split()
+            except OSError as e:
+                ok, text = False, "cannot read the request: %s" % e
+            else:
+                log(rundir, "request %s: %s" % (key, " ".join(words)))
+                ok, text = execute(sock, words)
+            log(rundir, "result %s: %s %s" % (key, "ok" if ok else "error", text))
+            tmp = os.path.join(qdir, ".done-" + key)
+            with open(tmp, "w") as f:
+                f.write(("ok " if ok else "error: ") + text + "\n")
+            os.rename(tmp, done)
+        time.sleep(0.05)
+    log(rundir, "parent %d gone; watcher exits" % parent)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
