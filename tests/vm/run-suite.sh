@@ -73,11 +73,22 @@ boot() {
     rd=$(mktemp -d "$VFNVME_VM_CACHE/runs/suite.XXXXXX")
     printf '%s\n' "${tests[@]}" > "$rd/tests.list"
     echo "run-suite: === $label boot: ${#tests[@]} test(s), run dir $rd" >&2
-    set +e
-    RIG_RUNDIR=$rd "${BOOT_ENV[@]}" "$HERE/run-guest.sh" \
-        "$HERE/guest-run-tests.sh ${gargs[*]} --hugepages $HUGEPAGES /rig/tests.list"
-    rc=$?
-    set -e
+    local attempt
+    for attempt in 1 2; do
+        set +e
+        RIG_RUNDIR=$rd "${BOOT_ENV[@]}" "$HERE/run-guest.sh" \
+            "$HERE/guest-run-tests.sh ${gargs[*]} --hugepages $HUGEPAGES /rig/tests.list"
+        rc=$?
+        set -e
+        # 125: the guest never reached its command (a boot failure, not a test failure). TCG on a
+        # loaded host occasionally panics early; boot once more, loudly, before calling it failed.
+        if [ "$rc" = 125 ] && [ ! -s "$rd/results" ] && [ "$attempt" = 1 ]; then
+            echo "run-suite: WARNING: the $label guest did not boot (see $rd/console.log); booting again" >&2
+            mv "$rd/console.log" "$rd/console.boot1.log" 2>/dev/null || true
+            continue
+        fi
+        break
+    done
     # Every listed test must have a result; one without (boot failure, timeout, bind failure,
     # a crash of the guest) counts as failed.
     local t line verdict i=0
