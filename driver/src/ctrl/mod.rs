@@ -332,15 +332,7 @@ impl Controller {
                 Ok(ctrl)
             }
             Err(e) => {
-                let gone = matches!(e, Error::DeviceGone { .. });
-                ctrl.inner.shared.transition(
-                    if gone {
-                        CtrlState::Removed
-                    } else {
-                        CtrlState::Failed
-                    },
-                    true,
-                );
+                ctrl.mark_failed(&e);
                 Err(e)
             }
         }
@@ -1009,17 +1001,19 @@ impl Controller {
                 Ok(())
             }
             Err(e) => {
-                let gone = matches!(e, Error::DeviceGone { .. });
-                sh.transition(
-                    if gone {
-                        CtrlState::Removed
-                    } else {
-                        CtrlState::Failed
-                    },
-                    true,
-                );
+                self.mark_failed(&e);
                 Err(e)
             }
+        }
+    }
+
+    /// After a failed bring-up or reset: a device that is gone is released (so that a removal
+    /// can complete); anything else leaves the controller failed, for the control plane to retry.
+    fn mark_failed(&self, e: &Error) {
+        if matches!(e, Error::DeviceGone { .. }) {
+            self.mark_removed();
+        } else {
+            self.inner.shared.transition(CtrlState::Failed, true);
         }
     }
 
