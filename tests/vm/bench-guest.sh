@@ -1,0 +1,142 @@
+#!/bin/sh
+# bench-guest.sh — runs INSIDE the rig guest for bench.sh: vfnvme-perf over VFIO, then the kernel
+# nvme driver with fio, on the same emulated subsystem, in one boot.
+#
+#   bench-guest.sh PERF OUTDIR REPS SECS DEADLINE
+#
+#   PERF      the vfnvme-perf binary (host-built, seen through the 9p root)
+#   OUTDIR    where the raw results go (under /rig, so the host reads them after the boot)
+#   REPS      repeats of every configuration (interleaved: rep 1 of everything, then rep 2, ...)
+#   SECS      measured seconds per run (after 1 s of warm-up, excluded)
+#   DEADLINE  guest uptime (s) after which no new polled-kernel run starts (the last stage)
+#
+# Stages, in order:
+#   1. bind both controllers to vfio-pci (64 hugepages); per rep, per QD (1, 32):
+#      vfnvme-perf on controller 0, then --multipath on both     -> vf1-*.json, vfmp-*.json
+#   2. unbind, `modprobe nvme` (interrupts); per rep, per QD: fio io_uring on the multipath head
+#      /dev/nvmeXn1 (--direct=1), then fio io_uring_cmd on its char device /dev/ngXn1 (NVMe
+#      passthrough: no page cache, and the char device refuses O_DIRECT, so no --direct)  -> kio-*.json, kcmd-*.json
+#   3. `rmmod nvme; modprobe nvme poll_queues=1`; fio io_uring --hipri   -> kpoll-*.json
+# Every run writes OUTDIR/<name>.json (the tool's JSON) and OUTDIR/<name>.err; failures are
+# logged and the script goes on. The logic is plain sh and kept short: forks are slow under TCG.
+set -u
+
+PERF=$1 OUT=$2 REPS=$3 SECS=$4 DEADLINE=$5
+QDS="1 32"
+mkdir -p "$OUT"
+
+uptime_s() { cut -d. -f1 /proc/uptime; }
+log() { echo "bench-guest: [$(uptime_s) s] $*"; }
+
+{
+    echo "guest_kernel=$(uname -r)"
+    echo "guest_nproc=$(nproc)"
+    echo "guest_cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
+    echo "guest_mem_kb=$(grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2)"
+} > "$OUT/guest.env"
+
+# ---------------------------------------------------------------------------------------------
+# 1. vfnvme over VFIO
+# ---------------------------------------------------------------------------------------------
+"$RIG_DIR/guest-bind.sh" --hugepages 64 || { log "guest-bind failed"; exit 1; }
+BDFS=
+for d in /sys/bus/pci/devices/*; do
+    [ "$(cat "$d/class")" = 0x010802 ] && BDFS="$BDFS $(basename "$d")"
+done
+set -- $BDFS
+B0=$1
+B1=${2:-}
+echo "bdfs=$BDFS" >> "$OUT/guest.env"
+
+vf() {   # vf NAME ARGS...
+    name=$1; shift
+    log "$name: $PERF $* -a 1 -t $SECS --json"
+    "$PERF" "$@" -a 1 -t "$SECS" --json > "$OUT/$name.json" 2> "$OUT/$name.err"
+    rc=$?
+    [ "$rc" = 0 ] || { log "$name: exit code $rc; stderr:"; tail -20 "$OUT/$name.err"; }
+    echo "$rc" > "$OUT/$name.rc"
+}
+
+r=1
+while [ "$r" -le "$REPS" ]; do
+    for qd in $QDS; do
+        vf "vf1-qd$qd-r$r" -r "$B0" -q "$qd"
+        [ -n "$B1" ] && vf "vfmp-qd$qd-r$r" -r "$B0" -r "$B1" --multipath -q "$qd"
+    done
+    r=$((r + 1))
+done
+
+# ---------------------------------------------------------------------------------------------
+# 2. the kernel driver (interrupts): fio io_uring on the block device, io_uring_cmd on ngXn1
+# ---------------------------------------------------------------------------------------------
+for b in $BDFS; do
+    echo "$b" > /sys/bus/pci/drivers/vfio-pci/unbind
+    echo > "/sys/bus/pci/devices/$b/driver_override"
+done
+
+HEAD=
+kernel_up() {   # kernel_up TAG MODPROBE-ARGS...: load nvme, wait for the multipath head
+    tag=$1; shift
+    modprobe nvme "$@" || { log "modprobe nvme $* failed"; return 1; }
+    i=0
+    HEAD=
+    while [ $i -lt 60 ]; do
+        HEAD=$(ls /sys/block | grep -E '^nvme[0-9]+n1$' | head -1)
+        [ -n "$HEAD" ] && [ -e "/dev/$HEAD" ] && break
+        sleep 0.5
+        i=$((i + 1))
+    done
+    [ -n "$HEAD" ] || { log "no nvme head block device after modprobe nvme $*"; return 1; }
+    log "kernel nvme $*: head /dev/$HEAD, char /dev/ng${HEAD#nvme}; block devices: $(ls /sys/block | grep nvme | tr '\n' ' ')"
+    echo "io_poll=$(cat /sys/block/$HEAD/queue/io_poll 2>/dev/null) iopolicy=$(cat /sys/class/nvme-subsystem/*/iopolicy 2>/dev/null | head -1)" \
+        > "$OUT/kernel-$tag.queue" 2>/dev/null
+}
+
+fio_run() {   # fio_run NAME DEV QD ENGINE-ARGS...
+    name=$1 dev=$2 qd=$3; shift 3
+    log "$name: fio $dev QD $qd $*"
+    fio --name=bench --filename="$dev" --rw=randread --bs=4k --iodepth="$qd" \
+        --runtime="$SECS" --ramp_time=1 --time_based --cpus_allowed=0 --norandommap \
+        --randrepeat=0 --output-format=json --output="$OUT/$name.json" "$@" 2> "$OUT/$name.err"
+    rc=$?
+    [ "$rc" = 0 ] || { log "$name: fio exit code $rc"; tail -20 "$OUT/$name.err"; }
+    echo "$rc" > "$OUT/$name.rc"
+}
+
+if kernel_up irq; then
+    NG=ng${HEAD#nvme}
+    echo "kernel_head=$HEAD kernel_char=$NG" >> "$OUT/guest.env"
+    r=1
+    while [ "$r" -le "$REPS" ]; do
+        for qd in $QDS; do
+            fio_run "kio-qd$qd-r$r" "/dev/$HEAD" "$qd" --ioengine=io_uring --direct=1
+            fio_run "kcmd-qd$qd-r$r" "/dev/$NG" "$qd" --ioengine=io_uring_cmd --cmd_type=nvme
+        done
+        r=$((r + 1))
+    done
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 3. the kernel driver with a poll queue: fio io_uring --hipri, while the deadline allows
+# ---------------------------------------------------------------------------------------------
+if [ $(( $(uptime_s) + SECS + 8 )) -lt "$DEADLINE" ]; then
+    rmmod nvme || log "rmmod nvme failed"
+    if kernel_up poll poll_queues=1; then
+        dmesg | grep -E 'nvme.*poll queues' | tail -2 > "$OUT/kernel-poll.dmesg"
+        echo "kernel_poll_head=$HEAD" >> "$OUT/guest.env"
+        r=1
+        while [ "$r" -le "$REPS" ]; do
+            for qd in $QDS; do
+                if [ $(( $(uptime_s) + SECS + 3 )) -lt "$DEADLINE" ]; then
+                    fio_run "kpoll-qd$qd-r$r" "/dev/$HEAD" "$qd" --ioengine=io_uring --direct=1 --hipri
+                else
+                    log "kpoll-qd$qd-r$r: skipped (deadline ${DEADLINE}s of uptime)"
+                fi
+            done
+            r=$((r + 1))
+        done
+    fi
+else
+    log "polled-kernel stage skipped (deadline ${DEADLINE}s of uptime)"
+fi
+log "done"

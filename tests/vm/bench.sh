@@ -1,0 +1,382 @@
+#!/usr/bin/env bash
+# bench.sh — reproduces every table of docs/benchmarks.md.
+#
+#   tests/vm/bench.sh [sim] [callgrind] [guest]      (no argument: all three, in that order)
+#
+#   sim        host, inline simulator: vfnvme-perf 4 KiB randread, null namespace, 1 core, QD 1,
+#              32 and 128, each repeated; then QD 128 bare queue pair vs --multipath over 1 and 2
+#              simulated controllers, interleaved
+#   callgrind  host: instructions per I/O at QD 128 (bare and --multipath), split between the
+#              simulator, the driver, the multipath layer and the tool; startup cancelled by
+#              running two -d values and taking the difference
+#   guest      one TCG boot of the rig (RIG_BACKING=null): vfnvme-perf over VFIO on one
+#              controller and on both (--multipath), then the kernel nvme driver with fio
+#              (io_uring on the multipath head, io_uring_cmd on its char device, io_uring --hipri
+#              with a poll queue); guest half: tests/vm/bench-guest.sh
+#
+# Environment:
+#   BENCH_OUT=DIR          raw results and results.md          [target/bench/<UTC date-time>]
+#   BENCH_SIM_REPS, BENCH_SIM_SECS       sim repeats and seconds per run             [3, 5]
+#   BENCH_CG_IOS="A B"     the two -d values for callgrind                  ["100000 300000"]
+#   BENCH_GUEST_REPS, BENCH_GUEST_SECS   guest repeats and seconds per run           [2, 10]
+#   BENCH_GUEST_DEADLINE   guest uptime (s) after which no polled-kernel run starts       [330]
+#   BENCH_BUILD=0          skip `cargo build --release -p vfnvme-tools`
+#   RIG_TIMEOUT            guest time limit (s)                                          [420]
+#
+# Every table is printed with the machine, the date and the exact commands, and the whole
+# report is written to $BENCH_OUT/results.md (raw JSON next to it).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+PERF=$REPO/target/release/vfnvme-perf
+
+STAGES=("$@")
+[ ${#STAGES[@]} -gt 0 ] || STAGES=(sim callgrind guest)
+for s in "${STAGES[@]}"; do
+    case "$s" in sim|callgrind|guest) ;; -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+        *) echo "bench.sh: unknown stage '$s' (sim, callgrind, guest)" >&2; exit 2 ;; esac
+done
+
+SIM_REPS=${BENCH_SIM_REPS:-3}
+SIM_SECS=${BENCH_SIM_SECS:-5}
+read -r CG_A CG_B <<< "${BENCH_CG_IOS:-100000 300000}"
+G_REPS=${BENCH_GUEST_REPS:-2}
+G_SECS=${BENCH_GUEST_SECS:-10}
+G_DEADLINE=${BENCH_GUEST_DEADLINE:-330}
+OUT=${BENCH_OUT:-$REPO/target/bench/$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+case "$OUT" in /tmp|/tmp/*) echo "bench.sh: BENCH_OUT must not be under /tmp (the guest cannot see it)" >&2; exit 2 ;; esac
+REPORT=$OUT/results.md
+: > "$REPORT"
+
+say() { echo "$*" | tee -a "$REPORT"; }
+log() { echo "bench: $*" >&2; }
+
+if [ "${BENCH_BUILD:-1}" = 1 ]; then
+    log "cargo build --release -p vfnvme-tools"
+    (cd "$REPO" && cargo build --release -p vfnvme-tools) >&2
+fi
+[ -x "$PERF" ] || { echo "bench.sh: $PERF missing (cargo build --release -p vfnvme-tools)" >&2; exit 1; }
+
+# ---------------------------------------------------------------------------------------------
+# The machine
+# ---------------------------------------------------------------------------------------------
+{
+    echo "date=$(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+    echo "nproc=$(nproc)"
+    echo "cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
+    echo "kernel=$(uname -r)"
+    echo "qemu=$(qemu-system-x86_64 --version 2>/dev/null | head -1)"
+    echo "fio=$(fio --version 2>/dev/null)"
+    echo "valgrind=$(valgrind --version 2>/dev/null)"
+    echo "rustc=$(rustc --version 2>/dev/null)"
+    echo "commit=$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null)$(cd "$REPO" && git diff --quiet HEAD -- driver mpath hugepages tools 2>/dev/null || echo ' (+ uncommitted changes in driver/mpath/hugepages/tools)')"
+    echo "load=$(cut -d' ' -f1-3 /proc/loadavg)"
+} > "$OUT/machine.env"
+
+machine() {   # the machine block, printed with every table
+    say ""
+    say "Machine: $(grep '^nproc=' "$OUT/machine.env" | cut -d= -f2) cores, $(grep '^cpu=' "$OUT/machine.env" | cut -d= -f2-), kernel $(grep '^kernel=' "$OUT/machine.env" | cut -d= -f2-), $(grep '^qemu=' "$OUT/machine.env" | cut -d= -f2-), $(grep '^fio=' "$OUT/machine.env" | cut -d= -f2-), $(grep '^rustc=' "$OUT/machine.env" | cut -d= -f2-)"
+    say "Date: $(date -u '+%Y-%m-%d %H:%M UTC'); vfnvme $(grep '^commit=' "$OUT/machine.env" | cut -d= -f2-); host load average before: $(grep '^load=' "$OUT/machine.env" | cut -d= -f2-)"
+}
+
+python_table() { python3 - "$OUT" "$@" <<'EOF'
+import json, os, statistics, sys, glob, re
+out, kind = sys.argv[1], sys.argv[2]
+args = sys.argv[3:]
+
+def perf_iops(path):
+    try:
+        with open(path) as f:
+            j = json.load(f)
+        return j["total"]["iops"]
+    except Exception:
+        return None
+
+def fio_iops(path):
+    try:
+        with open(path) as f:
+            txt = f.read()
+        j = json.loads(txt[txt.index("{"):])
+        return sum(job["read"]["iops"] for job in j["jobs"])
+    except Exception:
+        return None
+
+def stats(vals):
+    v = [x for x in vals if x]
+    if not v:
+        return None
+    med = statistics.median(v)
+    return dict(vals=v, med=med, lo=min(v), hi=max(v),
+                spread=(max(v) - min(v)) / med * 100 if med else 0.0)
+
+def fmt_iops(x):
+    return f"{x/1e6:.2f}M" if x >= 1e6 else f"{x/1e3:.1f}k"
+
+def runs(s):
+    return ", ".join(fmt_iops(x) for x in s["vals"])
+
+if kind == "sim-qd":
+    reps = int(args[0]); qds = args[1:]
+    print("| QD | IOPS (median) | ns per I/O (1e9/IOPS) | best run | ns per I/O, best | runs | spread (max-min)/median |")
+    print("|---:|---:|---:|---:|---:|---|---:|")
+    for qd in qds:
+        s = stats([perf_iops(f"{out}/sim/qd{qd}-r{r}.json") for r in range(1, reps + 1)])
+        if not s:
+            print(f"| {qd} | FAILED | | | | | |"); continue
+        print(f"| {qd} | {s['med']/1e6:.2f}M | {1e9/s['med']:.1f} | {s['hi']/1e6:.2f}M | {1e9/s['hi']:.1f} | {runs(s)} | {s['spread']:.1f}% |")
+elif kind == "sim-mp":
+    reps = int(args[0])
+    rows = [("bare queue pair (`-q 128`)", "bare"),
+            ("`--multipath -r sim:ctrls=1` (1 path)", "mp1"),
+            ("`--multipath` (2 paths, round-robin)", "mp2")]
+    base = stats([perf_iops(f"{out}/sim/bare-r{r}.json") for r in range(1, reps + 1)])
+    print("| QD 128 | IOPS (median) | ns per I/O | runs | spread | vs bare (IOPS ratio, medians) | overhead ns/IO (medians) | vs bare (best runs) | overhead ns/IO (best runs) |")
+    print("|---|---:|---:|---|---:|---:|---:|---:|---:|")
+    for label, key in rows:
+        s = stats([perf_iops(f"{out}/sim/{key}-r{r}.json") for r in range(1, reps + 1)])
+        if not s:
+            print(f"| {label} | FAILED | | | | | | | |"); continue
+        ratio = s["med"] / base["med"] if base else float("nan")
+        dns = 1e9 / s["med"] - 1e9 / base["med"] if base else float("nan")
+        rb = s["hi"] / base["hi"] if base else float("nan")
+        dnb = 1e9 / s["hi"] - 1e9 / base["hi"] if base else float("nan")
+        print(f"| {label} | {s['med']/1e6:.2f}M | {1e9/s['med']:.1f} | {runs(s)} | {s['spread']:.1f}% | {ratio:.3f} | {dns:+.1f} | {rb:.3f} | {dnb:+.1f} |")
+elif kind == "guest":
+    reps = int(args[0])
+    g = f"{out}/guest/bench"
+    cfgs = [("vf1", "vfnvme-perf, 1 controller (VFIO)", perf_iops),
+            ("vfmp", "vfnvme-perf --multipath, 2 controllers (VFIO)", perf_iops),
+            ("kio", "kernel nvme, fio io_uring, /dev/nvmeXn1 (interrupts)", fio_iops),
+            ("kcmd", "kernel nvme, fio io_uring_cmd, /dev/ngXn1 (interrupts)", fio_iops),
+            ("kpoll", "kernel nvme poll_queues=1, fio io_uring --hipri, /dev/nvmeXn1", fio_iops)]
+    S = {}
+    print("| configuration | QD | IOPS (median) | runs | spread |")
+    print("|---|---:|---:|---|---:|")
+    for key, label, fn in cfgs:
+        for qd in (1, 32):
+            s = stats([fn(f"{g}/{key}-qd{qd}-r{r}.json") for r in range(1, reps + 1)])
+            S[(key, qd)] = s
+            if not s:
+                why = "not run" if not glob.glob(f"{g}/{key}-qd{qd}-r*.rc") else "FAILED"
+                print(f"| {label} | {qd} | {why} | | |"); continue
+            print(f"| {label} | {qd} | {fmt_iops(s['med'])} | {runs(s)} | {s['spread']:.0f}% |")
+    print()
+    print("Ratios (medians; in brackets the range over all pairs of runs, worst to best):")
+    print()
+    print("| ratio | QD 1 | QD 32 | goal |")
+    print("|---|---:|---:|---|")
+    def ratio(a, b, qd):
+        sa, sb = S.get((a, qd)), S.get((b, qd))
+        if not sa or not sb:
+            return "n/a"
+        return f"{sa['med']/sb['med']:.2f}x ({sa['lo']/sb['hi']:.2f}-{sa['hi']/sb['lo']:.2f})"
+    for a, b, label, goal in [
+            ("vf1", "kio", "vfnvme 1 ctrl / kernel io_uring", "≥ 6x at QD 1, ≥ 8x at QD 32"),
+            ("vfmp", "kio", "vfnvme multipath / kernel io_uring", "≥ 6x at QD 1, ≥ 8x at QD 32"),
+            ("vf1", "kcmd", "vfnvme 1 ctrl / kernel io_uring_cmd", ""),
+            ("vf1", "kpoll", "vfnvme 1 ctrl / kernel polled (--hipri)", "≥ 3.5x at QD 1"),
+            ("vfmp", "kpoll", "vfnvme multipath / kernel polled (--hipri)", "≥ 3.5x at QD 1"),
+            ("vfmp", "vf1", "vfnvme multipath / vfnvme 1 ctrl", "")]:
+        print(f"| {label} | {ratio(a, b, 1)} | {ratio(a, b, 32)} | {goal} |")
+elif kind == "callgrind":
+    # args: A B, then names of the configs (files cg/<name>.<N>)
+    A, B = int(args[0]), int(args[1]); names = args[2:]
+    line_re = re.compile(r"^\s*([\d,]+)\s+(?:\([^)]*\)\s+)?(\S.*?)(?:\s+\[[^\]]*\])?\s*$")
+    def classify_fn(fn):
+        if "vfnvme::sim::" in fn: return "sim"
+        if "vfnvme_mpath" in fn: return "mpath"
+        if re.search(r"vfnvme::(qpair|ctrl)|vfnvme_hugepages", fn): return "driver"
+        if "vfnvme::" in fn: return "driver (other vfnvme:: modules)"
+        if re.search(r"vfnvme_tools|vfnvme_perf|hdrhistogram", fn): return "tool"
+        return "other (std, libc, ld.so, ...)"
+    def classify_file(path, fn):
+        # the source file of the instruction (inlining-aware), else the function; paths may be
+        # absolute or relative to the workspace
+        p = "/" + path
+        if "/driver/src/sim/" in p: return "sim"
+        if "/mpath/src/" in p: return "mpath"
+        if "/driver/src/" in p or "/hugepages/src/" in p: return "driver"
+        if "/tools/src/" in p or "hdrhistogram" in p: return "tool"
+        return classify_fn(fn)
+    def load(path):
+        by_fn, by_file, total = {}, {}, 0
+        with open(path) as f:
+            for line in f:
+                if "PROGRAM TOTALS" in line:
+                    total = int(line.split()[0].replace(",", "")); continue
+                m = line_re.match(line)
+                if not m or ":" not in m.group(2):
+                    continue
+                n = int(m.group(1).replace(",", ""))
+                loc = m.group(2)
+                # "file:function" (file may be ???); split at the first ':' after the file path
+                fpath, _, fn = loc.partition(":") if not loc.startswith("???") else ("???", None, loc[4:])
+                c1 = classify_fn(fn); c2 = classify_file(fpath, fn)
+                by_fn[c1] = by_fn.get(c1, 0) + n
+                by_file[c2] = by_file.get(c2, 0) + n
+        return total, by_fn, by_file
+    cats = ["sim", "driver", "driver (other vfnvme:: modules)", "mpath", "tool", "other (std, libc, ld.so, ...)"]
+    res = {}
+    for name in names:
+        ta, fa, la = load(f"{out}/cg/{name}.{A}.txt")
+        tb, fb, lb = load(f"{out}/cg/{name}.{B}.txt")
+        n = B - A
+        res[name] = dict(total=(tb - ta) / n,
+                         fn={c: (fb.get(c, 0) - fa.get(c, 0)) / n for c in cats},
+                         file={c: (lb.get(c, 0) - la.get(c, 0)) / n for c in cats})
+    for mode, title in [("fn", "by function symbol (inlined code counts for the function it was inlined into)"),
+                        ("file", "by source file of each instruction (inlining-aware: driver code inlined into the tool's loop counts as driver)")]:
+        print(f"Instructions per I/O, {title}:")
+        print()
+        print("| component | " + " | ".join(f"{n}: Ir/IO" for n in names) + " | " + " | ".join(f"{n}: share" for n in names) + " |")
+        print("|---|" + "---:|" * (2 * len(names)))
+        for c in cats:
+            if all(abs(res[n][mode][c]) < 0.05 for n in names):
+                continue
+            print(f"| {c} | " + " | ".join(f"{res[n][mode][c]:.1f}" for n in names) + " | "
+                  + " | ".join(f"{100*res[n][mode][c]/res[n]['total']:.1f}%" for n in names) + " |")
+        print("| **total** | " + " | ".join(f"**{res[n]['total']:.1f}**" for n in names) + " | "
+              + " | ".join("100%" for n in names) + " |")
+        print()
+    with open(f"{out}/cg/summary.json", "w") as f:
+        json.dump(res, f, indent=1)
+EOF
+}
+
+# ---------------------------------------------------------------------------------------------
+# sim: the inline simulator on the host
+# ---------------------------------------------------------------------------------------------
+run_perf() {   # run_perf FILE ARGS...
+    local f=$1; shift
+    log "vfnvme-perf $*"
+    "$PERF" "$@" --json > "$f" 2> "${f%.json}.err" || { log "FAILED (exit $?): vfnvme-perf $*"; tail -5 "${f%.json}.err" >&2; }
+}
+
+stage_sim() {
+    mkdir -p "$OUT/sim"
+    local r qd
+    for r in $(seq "$SIM_REPS"); do
+        for qd in 1 32 128; do
+            run_perf "$OUT/sim/qd$qd-r$r.json" -w randread -o 4k -q "$qd" -t "$SIM_SECS"
+        done
+    done
+    for r in $(seq "$SIM_REPS"); do
+        run_perf "$OUT/sim/bare-r$r.json" -w randread -o 4k -q 128 -t "$SIM_SECS"
+        run_perf "$OUT/sim/mp1-r$r.json" -w randread -o 4k -q 128 -t "$SIM_SECS" --multipath -r sim:ctrls=1
+        run_perf "$OUT/sim/mp2-r$r.json" -w randread -o 4k -q 128 -t "$SIM_SECS" --multipath
+    done
+    say ""
+    say "## Inline simulator: 4 KiB random reads, null namespace, 1 core"
+    machine
+    say ""
+    say "Commands ($SIM_REPS repeats, rounds interleaved over QD):"
+    say ""
+    say '```'
+    say "target/release/vfnvme-perf -w randread -o 4k -q {1,32,128} -t $SIM_SECS --json   # target: the default sim (2 ctrls, null, 16G, 4 KiB LBAs); core 0"
+    say '```'
+    say ""
+    python_table sim-qd "$SIM_REPS" 1 32 128 | tee -a "$REPORT"
+    say ""
+    say "## Multipath channel vs bare queue pair (inline simulator, QD 128)"
+    machine
+    say ""
+    say "Commands ($SIM_REPS repeats, interleaved bare / 1 path / 2 paths):"
+    say ""
+    say '```'
+    say "target/release/vfnvme-perf -w randread -o 4k -q 128 -t $SIM_SECS --json"
+    say "target/release/vfnvme-perf -w randread -o 4k -q 128 -t $SIM_SECS --json --multipath -r sim:ctrls=1"
+    say "target/release/vfnvme-perf -w randread -o 4k -q 128 -t $SIM_SECS --json --multipath"
+    say '```'
+    say ""
+    python_table sim-mp "$SIM_REPS" | tee -a "$REPORT"
+}
+
+# ---------------------------------------------------------------------------------------------
+# callgrind: instructions per I/O and their split
+# ---------------------------------------------------------------------------------------------
+stage_callgrind() {
+    mkdir -p "$OUT/cg"
+    local name n
+    for name in bare mp1 mp2; do
+        for n in "$CG_A" "$CG_B"; do
+            local extra=()
+            case $name in mp1) extra=(--multipath -r sim:ctrls=1) ;; mp2) extra=(--multipath) ;; esac
+            log "callgrind: vfnvme-perf -q 128 -d $n ${extra[*]}"
+            valgrind --tool=callgrind --callgrind-out-file="$OUT/cg/$name.$n.out" \
+                "$PERF" -w randread -o 4k -q 128 -d "$n" "${extra[@]}" > "$OUT/cg/$name.$n.stdout" 2> "$OUT/cg/$name.$n.stderr" \
+                || { log "callgrind run failed: $name $n"; tail -5 "$OUT/cg/$name.$n.stderr" >&2; }
+            callgrind_annotate --inclusive=no --threshold=100 --auto=no "$OUT/cg/$name.$n.out" > "$OUT/cg/$name.$n.txt" 2> /dev/null
+        done
+    done
+    say ""
+    say "## Instructions per I/O (callgrind, inline simulator, QD 128, 4 KiB randread)"
+    machine
+    say ""
+    say "Ir per I/O = (Ir of the $CG_B-I/O run - Ir of the $CG_A-I/O run) / $((CG_B - CG_A)), which cancels startup and teardown."
+    say "bare = the bare queue pair, mp1 = \`--multipath -r sim:ctrls=1\`, mp2 = \`--multipath\` (2 paths). Commands:"
+    say ""
+    say '```'
+    say "valgrind --tool=callgrind --callgrind-out-file=cg.N target/release/vfnvme-perf -w randread -o 4k -q 128 -d N [--multipath [-r sim:ctrls=1]]   # N = $CG_A, $CG_B"
+    say "callgrind_annotate --inclusive=no --threshold=100 --auto=no cg.N"
+    say '```'
+    say ""
+    python_table callgrind "$CG_A" "$CG_B" bare mp1 mp2 | tee -a "$REPORT"
+}
+
+# ---------------------------------------------------------------------------------------------
+# guest: one TCG boot, vfnvme over VFIO vs the kernel driver
+# ---------------------------------------------------------------------------------------------
+stage_guest() {
+    local rd=$OUT/guest
+    mkdir -p "$rd"
+    local cmd="$HERE/bench-guest.sh $PERF /rig/bench $G_REPS $G_SECS $G_DEADLINE"
+    log "guest: RIG_BACKING=null RIG_TIMEOUT=${RIG_TIMEOUT:-420} RIG_RUNDIR=$rd tests/vm/run-guest.sh '$cmd'"
+    local rc=0
+    RIG_BACKING=null RIG_TIMEOUT=${RIG_TIMEOUT:-420} RIG_RUNDIR=$rd "$HERE/run-guest.sh" "$cmd" >&2 || rc=$?
+    [ "$rc" = 0 ] || log "guest exited with $rc (see $rd/out.log, $rd/console.log)"
+    local genv=$rd/bench/guest.env
+    say ""
+    say "## Guest (QEMU TCG): vfnvme over VFIO vs the kernel nvme driver, 4 KiB random reads"
+    machine
+    say "Guest: $(grep -h '^guest_nproc=' "$genv" 2>/dev/null | cut -d= -f2) vCPUs ($(grep -h '^guest_cpu=' "$genv" 2>/dev/null | cut -d= -f2-)), kernel $(grep -h '^guest_kernel=' "$genv" 2>/dev/null | cut -d= -f2), 2 GiB; one boot, RIG_BACKING=null (null-co, read-zeroes=on), 2 controllers sharing namespace 1 (1 GiB, 512 B LBAs) behind the emulated intel-iommu; $G_REPS repeats of $G_SECS s after 1 s warm-up, interleaved; vfnvme-perf and fio on guest CPU 0. Boot exit code $rc; kernel head: $(grep -h '^kernel_head=' "$genv" 2>/dev/null | cut -d= -f2- | tr '\n' ' ')$(cat "$rd"/bench/kernel-poll.dmesg 2>/dev/null | tr -d '\r' | sed 's/^\[[^]]*\] //' | tr '\n' ' ')"
+    say ""
+    say "Commands:"
+    say ""
+    say '```'
+    say "RIG_BACKING=null RIG_TIMEOUT=${RIG_TIMEOUT:-420} tests/vm/run-guest.sh 'tests/vm/bench-guest.sh target/release/vfnvme-perf /rig/bench $G_REPS $G_SECS $G_DEADLINE'"
+    say "# in the guest, after guest-bind.sh --hugepages 64:"
+    say "vfnvme-perf -r 0000:01:00.0 -q {1,32} -a 1 -t $G_SECS --json"
+    say "vfnvme-perf -r 0000:01:00.0 -r 0000:02:00.0 --multipath -q {1,32} -a 1 -t $G_SECS --json"
+    say "# unbind from vfio-pci, modprobe nvme:"
+    say "fio --name=bench --filename=/dev/nvmeXn1 --ioengine=io_uring --rw=randread --bs=4k --iodepth={1,32} --runtime=$G_SECS --ramp_time=1 --time_based --cpus_allowed=0 --norandommap --randrepeat=0 --output-format=json --direct=1"
+    say "fio ...same, without --direct=1 (the char device refuses O_DIRECT; passthrough bypasses the page cache)... --filename=/dev/ngXn1 --ioengine=io_uring_cmd --cmd_type=nvme"
+    say "# rmmod nvme; modprobe nvme poll_queues=1:"
+    say "fio ...same... --filename=/dev/nvmeXn1 --ioengine=io_uring --direct=1 --hipri"
+    say '```'
+    say ""
+    python_table guest "$G_REPS" | tee -a "$REPORT"
+    local f
+    for f in "$rd"/bench/*.rc; do
+        [ -e "$f" ] || continue
+        if [ "$(cat "$f")" != 0 ]; then
+            say ""
+            say "FAILED: $(basename "${f%.rc}") exit code $(cat "$f"); stderr:"
+            say '```'
+            tail -20 "${f%.rc}.err" | tee -a "$REPORT"
+            say '```'
+        fi
+    done
+    if grep -q 'WARN\|ERROR' "$rd"/bench/vf*.err 2>/dev/null; then
+        say ""
+        say "vfnvme-perf warnings in the guest (first 3 distinct, from $rd/bench/*.err):"
+        say '```'
+        grep -h 'WARN\|ERROR' "$rd"/bench/vf*.err | sed -E 's/0x[0-9a-f]+/0x…/g' | sort | uniq -c | head -3 | tee -a "$REPORT"
+        say '```'
+    fi
+}
+
+for s in "${STAGES[@]}"; do "stage_$s"; done
+log "report: $REPORT"
