@@ -34,7 +34,10 @@ cargo build --release -p vfnvme-tools 2>/dev/null || cargo build --release -p vf
 # back, but as a new function in a new IOMMU group): they run last in the IOMMU boot, after
 # everything else. They ask the host for QMP device_del/device_add through /rig/qmp
 # (qmp-watch.py, started by run-guest.sh).
+perf="$REPO/target/release/vfnvme-perf"
 exec "$HERE/run-suite.sh" --smoke \
     "$bin --ignored --test-threads=1 --skip unplug" \
+    "$perf -r 0000:01:00.0 -r 0000:02:00.0 --multipath -w verify -q 8 -t 3" \
+    "$perf -r 0000:01:00.0 -q 8 -t 2 -L" \
     "$bin --ignored --test-threads=1 --nocapture unplug" \
     --noiommu "$bin --ignored --test-threads=1 noiommu_"

@@ -1,0 +1,336 @@
+//! `bind`, `unbind` and `reset`: moving controllers between the kernel nvme driver and vfio-pci
+//! through `driver_override`, the way the kernel documents it:
+//!
+//! 1. write the new driver's name to `driver_override` (empty to clear it),
+//! 2. unbind from the current driver (`drivers/<current>/unbind`),
+//! 3. write the address to `/sys/bus/pci/drivers_probe`, which binds the override (or, with it
+//!    cleared, whichever driver matches).
+
+use anyhow::{bail, Context};
+use vfnvme::pci::sysfs::Bdf;
+
+use super::scan::{self, IommuGroup};
+use super::state::State;
+use super::Host;
+
+/// What happened to one controller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Already where it was asked to go.
+    Already(String),
+    /// Moved.
+    Moved {
+        /// The driver it had (`None`: unbound).
+        from: Option<String>,
+        /// The driver it has now (`None`: no driver claimed it).
+        to: Option<String>,
+        /// Extra information (IOMMU group and node).
+        detail: String,
+    },
+}
+
+impl Outcome {
+    /// One line for the user.
+    pub fn line(&self, bdf: Bdf) -> String {
+        match self {
+            Outcome::Already(d) => format!("{bdf}: already bound to {d}"),
+            Outcome::Moved { from, to, detail } => format!(
+                "{bdf}: {} -> {}{}",
+                from.as_deref().unwrap_or("(no driver)"),
+                to.as_deref().unwrap_or("(no driver)"),
+                detail
+            ),
+        }
+    }
+}
+
+fn group_detail(host: &Host, bdf: Bdf) -> String {
+    match scan::one(host, bdf).iommu_group {
+        IommuGroup::Group(g) => format!(" (IOMMU group {g}, /dev/vfio/{g})"),
+        IommuGroup::NoIommu(g) => format!(" (no-IOMMU group {g}, /dev/vfio/noiommu-{g})"),
+        IommuGroup::None => " (no IOMMU group)".into(),
+    }
+}
+
+/// Moves `bdf` to vfio-pci. Refuses a controller whose namespaces are in use unless `force`.
+///
+/// # Errors
+/// Not an NVMe controller, in use, vfio-pci not available, a refused write, or vfio-pci did
+/// not bind.
+pub fn bind(host: &Host, bdf: Bdf, force: bool) -> anyhow::Result<Outcome> {
+    host.check_nvme(bdf)?;
+    let st = scan::one(host, bdf);
+    let current = st.driver.clone();
+    if current.as_deref() == Some("vfio-pci") {
+        if host.driver_override(bdf).as_deref() != Some("vfio-pci") {
+            // Keep it there across a rescan (and let `reset` recognize it).
+            host.write(
+                &host.paths.device_dir(bdf).join("driver_override"),
+                "vfio-pci",
+            )?;
+        }
+        return Ok(Outcome::Already("vfio-pci".into()));
+    }
+    let uses = st.uses();
+    if !uses.is_empty() {
+        if !force {
+            bail!(
+                "{bdf}{}: refusing to bind to vfio-pci: {} — unmount/deactivate first, or \
+                 pass --force to take it anyway (whatever uses it loses its disk)",
+                st.nvme_name
+                    .as_deref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default(),
+                uses.join("; ")
+            );
+        }
+        eprintln!(
+            "vfnvme-setup: warning: {bdf}: --force: binding although {}",
+            uses.join("; ")
+        );
+    }
+    if st.iommu_group == IommuGroup::None {
+        let noiommu = host.read(
+            &host
+                .paths
+                .sys
+                .join("module/vfio/parameters/enable_unsafe_noiommu_mode"),
+        );
+        if noiommu.as_deref() != Some("Y") {
+            log::warn!("{bdf} has no IOMMU group: vfio-pci will likely refuse it");
+        }
+    }
+    host.ensure_driver("vfio-pci", "vfio-pci")?;
+    State::update(host, |s| {
+        s.devices
+            .entry(bdf.to_string())
+            .or_insert_with(|| current.clone());
+    })?;
+    let dev = host.paths.device_dir(bdf);
+    host.write(&dev.join("driver_override"), "vfio-pci")?;
+    if let Some(d) = &current {
+        host.write(&host.driver_dir(d).join("unbind"), &bdf.to_string())
+            .with_context(|| format!("unbinding {bdf} from {d}"))?;
+    }
+    host.write(&host.drivers_probe(), &bdf.to_string())?;
+    let now = host.wait_for_driver(bdf, "vfio-pci");
+    if now.as_deref() != Some("vfio-pci") {
+        bail!(
+            "{bdf}: vfio-pci did not bind (driver now {}); see `dmesg | tail` — without an \
+             IOMMU group vfio-pci needs no-IOMMU mode (`modprobe vfio \
+             enable_unsafe_noiommu_mode=1`)",
+            now.as_deref().unwrap_or("none")
+        );
+    }
+    Ok(Outcome::Moved {
+        from: current,
+        to: now,
+        detail: group_detail(host, bdf),
+    })
+}
+
+/// Processes holding the VFIO group node of `group`: `["1234 (vfnvme-perf)"]`.
+pub fn group_holders(host: &Host, group: IommuGroup) -> Vec<String> {
+    let node = match group {
+        IommuGroup::Group(g) => format!("/dev/vfio/{g}"),
+        IommuGroup::NoIommu(g) => format!("/dev/vfio/noiommu-{g}"),
+        IommuGroup::None => return Vec::new(),
+    };
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(host.root.join("proc")) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(e.path().join("fd")) else {
+            continue;
+        };
+        if fds
+            .flatten()
+            .any(|f| std::fs::read_link(f.path()).is_ok_and(|t| t.as_os_str() == node.as_str()))
+        {
+            let comm = host.read(&e.path().join("comm")).unwrap_or_default();
+            out.push(format!("{pid} ({comm})"));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Gives `bdf` back to the kernel nvme driver.
+///
+/// # Errors
+/// Not an NVMe controller, the VFIO group is held by a process (unless `force`), the nvme
+/// driver is not available, or nvme did not bind.
+pub fn unbind(host: &Host, bdf: Bdf, force: bool) -> anyhow::Result<Outcome> {
+    host.check_nvme(bdf)?;
+    let st = scan::one(host, bdf);
+    let current = st.driver.clone();
+    if current.as_deref() == Some("nvme") && st.driver_override.is_none() {
+        State::update(host, |s| {
+            s.devices.remove(&bdf.to_string());
+        })?;
+        return Ok(Outcome::Already("nvme".into()));
+    }
+    if current.as_deref() == Some("vfio-pci") {
+        let holders = group_holders(host, st.iommu_group);
+        if !holders.is_empty() && !force {
+            bail!(
+                "{bdf}: its VFIO group {} is open in process {}: stop it first (the unbind \
+                 would block until it exits), or pass --force",
+                st.iommu_group,
+                holders.join(", ")
+            );
+        }
+    }
+    host.ensure_driver("nvme", "nvme")?;
+    let dev = host.paths.device_dir(bdf);
+    if st.driver_override.is_some() {
+        host.write(&dev.join("driver_override"), "\n")?;
+    }
+    if let Some(d) = &current {
+        host.write(&host.driver_dir(d).join("unbind"), &bdf.to_string())
+            .with_context(|| format!("unbinding {bdf} from {d}"))?;
+    }
+    host.write(&host.drivers_probe(), &bdf.to_string())?;
+    let now = host.wait_for_driver(bdf, "nvme");
+    State::update(host, |s| {
+        s.devices.remove(&bdf.to_string());
+    })?;
+    if now.as_deref() != Some("nvme") {
+        bail!(
+            "{bdf}: the nvme driver did not bind (driver now {}); see `dmesg | tail`",
+            now.as_deref().unwrap_or("none")
+        );
+    }
+    Ok(Outcome::Moved {
+        from: current,
+        to: now,
+        detail: String::new(),
+    })
+}
+
+fn targets(host: &Host, bdfs: &[Bdf]) -> anyhow::Result<Vec<Bdf>> {
+    if !bdfs.is_empty() {
+        return Ok(bdfs.to_vec());
+    }
+    let all = host.nvme_functions()?;
+    if all.is_empty() {
+        bail!("no NVMe controllers (PCI class 0x010802) on this machine");
+    }
+    Ok(all)
+}
+
+fn each(bdfs: &[Bdf], mut f: impl FnMut(Bdf) -> anyhow::Result<Outcome>) -> anyhow::Result<i32> {
+    let mut failed = 0;
+    for &b in bdfs {
+        match f(b) {
+            Ok(o) => println!("{}", o.line(b)),
+            Err(e) => {
+                eprintln!("vfnvme-setup: error: {e:#}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        eprintln!(
+            "vfnvme-setup: {failed} of {} controller(s) not done",
+            bdfs.len()
+        );
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+/// `bind [BDF...]`: every controller given (default: all NVMe controllers). Each one is tried;
+/// the exit code is 1 when any failed or was refused.
+///
+/// # Errors
+/// No controllers.
+pub fn bind_many(host: &Host, bdfs: &[Bdf], force: bool) -> anyhow::Result<i32> {
+    let t = targets(host, bdfs)?;
+    each(&t, |b| bind(host, b, force))
+}
+
+/// `unbind [BDF...]`: default every NVMe controller on vfio-pci or with a `driver_override`.
+///
+/// # Errors
+/// No controllers.
+pub fn unbind_many(host: &Host, bdfs: &[Bdf], force: bool) -> anyhow::Result<i32> {
+    let t = if bdfs.is_empty() {
+        let v: Vec<Bdf> = host
+            .nvme_functions()?
+            .into_iter()
+            .filter(|&b| {
+                host.paths.driver_of(b).as_deref() == Some("vfio-pci")
+                    || host.driver_override(b).is_some()
+            })
+            .collect();
+        if v.is_empty() {
+            println!("no NVMe controller is bound to vfio-pci: nothing to do");
+            return Ok(0);
+        }
+        v
+    } else {
+        bdfs.to_vec()
+    };
+    each(&t, |b| unbind(host, b, force))
+}
+
+/// `reset`: hugepages go back to the recorded values (or 0) first — the kernel nvme driver
+/// needs memory to probe — then the controllers recorded in the state file (or, without one,
+/// every NVMe controller whose `driver_override` is vfio-pci) go back to nvme.
+///
+/// # Errors
+/// The state file does not parse.
+pub fn reset(host: &Host) -> anyhow::Result<i32> {
+    let state = State::load(host)?;
+    let mut code = 0;
+    let bdfs: Vec<Bdf> = match &state {
+        Some(s) => s
+            .devices
+            .keys()
+            .filter_map(|b| Bdf::parse(b).ok())
+            .collect(),
+        None => host
+            .nvme_functions()?
+            .into_iter()
+            .filter(|&b| host.driver_override(b).as_deref() == Some("vfio-pci"))
+            .collect(),
+    };
+    let (total, nodes) = match &state {
+        Some(s) => (s.hugepages_total, s.hugepages_nodes.clone()),
+        None => (Some(0), Default::default()),
+    };
+    for (n, c) in nodes {
+        match super::hugepages::reserve(host, c, Some(n)) {
+            Ok(r) => println!("{}", r.message()),
+            Err(e) => {
+                eprintln!("vfnvme-setup: error: {e:#}");
+                code = 1;
+            }
+        }
+    }
+    if let Some(t) = total {
+        match super::hugepages::reserve(host, t, None) {
+            Ok(r) => println!("{}", r.message()),
+            Err(e) => {
+                eprintln!("vfnvme-setup: error: {e:#}");
+                code = 1;
+            }
+        }
+    }
+    // After the hugepages: rebinding nvme needs memory.
+    if bdfs.is_empty() {
+        println!("no controllers to give back");
+    } else if each(&bdfs, |b| unbind(host, b, false))? != 0 {
+        code = 1;
+    }
+    if code == 0 {
+        let _ = std::fs::remove_file(host.state_file());
+    }
+    Ok(code)
+}
