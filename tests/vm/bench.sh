@@ -59,6 +59,10 @@ if [ "${BENCH_BUILD:-1}" = 1 ]; then
     (cd "$REPO" && cargo build --release -p vfnvme-tools) >&2
 fi
 [ -x "$PERF" ] || { echo "bench.sh: $PERF missing (cargo build --release -p vfnvme-tools)" >&2; exit 1; }
+# Run a private copy: a concurrent cargo build that relinks target/release/vfnvme-perf while the
+# guest executes it through 9p makes the guest's later runs die with SIGSEGV.
+cp "$PERF" "$OUT/vfnvme-perf"
+PERF=$OUT/vfnvme-perf
 
 # ---------------------------------------------------------------------------------------------
 # The machine
@@ -346,7 +350,7 @@ stage_guest() {
     say "Commands:"
     say ""
     say '```'
-    say "RIG_BACKING=null RIG_TIMEOUT=${RIG_TIMEOUT:-420} tests/vm/run-guest.sh 'tests/vm/bench-guest.sh target/release/vfnvme-perf /rig/bench $G_REPS $G_SECS $G_DEADLINE'"
+    say "RIG_BACKING=null RIG_TIMEOUT=${RIG_TIMEOUT:-420} tests/vm/run-guest.sh 'tests/vm/bench-guest.sh \$BENCH_OUT/vfnvme-perf /rig/bench $G_REPS $G_SECS $G_DEADLINE'   # a copy of target/release/vfnvme-perf"
     say "# in the guest, after guest-bind.sh --hugepages 64:"
     say "vfnvme-perf -r 0000:01:00.0 -q {1,32} -a 1 -t $G_SECS --json"
     say "vfnvme-perf -r 0000:01:00.0 -r 0000:02:00.0 --multipath -q {1,32} -a 1 -t $G_SECS --json"

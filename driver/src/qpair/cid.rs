@@ -129,6 +129,12 @@ impl<T> CidTable<T> {
         std::mem::take(&mut s.value)
     }
 
+    /// True if `slot` holds a command in flight.
+    #[inline]
+    pub fn is_busy(&self, slot: usize) -> bool {
+        self.slots.get(slot).is_some_and(|s| s.busy)
+    }
+
     /// Indices of the slots in flight (for timeout scans and failing everything at a reset).
     pub fn busy_slots(&self) -> impl Iterator<Item = usize> + '_ {
         self.slots

@@ -600,8 +600,10 @@ impl QueuePair {
                 }
             }
         }
+        // The clock is read every 64 submissions, and always when the queue was idle (its last
+        // reading may be old), so that a deadline is never stamped from a stale time.
         self.ticks = self.ticks.wrapping_add(1);
-        if self.ticks.is_multiple_of(64) {
+        if self.ticks.is_multiple_of(64) || self.cids.in_flight() == 0 {
             self.refresh_clock();
         }
         let timeout_ns = if timeout_ms == 0 {
@@ -954,7 +956,11 @@ impl QueuePair {
         }
         self.rings.ring_cq();
         if n == 0 {
-            self.idle();
+            self.rings.func().idle_poll();
+        }
+        self.ticks = self.ticks.wrapping_add(1);
+        if self.ticks.is_multiple_of(64) && self.cids.in_flight() > 0 {
+            self.check_timeouts();
         }
         result.map(|()| n)
     }
@@ -989,14 +995,12 @@ impl QueuePair {
         Some(c)
     }
 
-    /// Nothing completed: let an inline simulator progress, and now and then look for timeouts.
+    /// Every 64 polls with commands in flight, and at most once per millisecond: marks commands
+    /// past their deadline and reports them to the control plane (which aborts them, and resets
+    /// the controller if that fails). Runs whether or not completions are flowing, so that one
+    /// dropped command among busy ones is still found.
     #[cold]
-    fn idle(&mut self) {
-        self.rings.func().idle_poll();
-        self.ticks = self.ticks.wrapping_add(1);
-        if !self.ticks.is_multiple_of(64) || self.cids.in_flight() == 0 {
-            return;
-        }
+    fn check_timeouts(&mut self) {
         self.refresh_clock();
         if self.now_ns < self.next_scan_ns {
             return;
@@ -1004,8 +1008,10 @@ impl QueuePair {
         self.next_scan_ns = self.now_ns + SCAN_INTERVAL_NS;
         let now = self.now_ns;
         let mut expired = Vec::new();
-        let busy: Vec<usize> = self.cids.busy_slots().collect();
-        for slot in busy {
+        for slot in 0..self.cids.capacity() {
+            if !self.cids.is_busy(slot) {
+                continue;
+            }
             let t = self.cids.get_mut(slot);
             if !t.timed_out && t.deadline_ns <= now {
                 t.timed_out = true;

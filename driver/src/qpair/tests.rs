@@ -378,6 +378,55 @@ fn dropped_command_times_out_then_abort_then_reset() {
 use crate::spec::AdminOpcode;
 
 #[test]
+fn one_dropped_command_among_busy_ones_still_times_out() {
+    // Arrange: a steady stream of reads keeps completions flowing; one read is never completed.
+    let r = rig();
+    let mut qp = r
+        .ctrl
+        .io_queue_pair(QueueOptions {
+            size: 32,
+            timeout_ms: 50,
+        })
+        .unwrap();
+    let buf = r.pool.alloc(4096, 4096).unwrap();
+    r.sim
+        .controller(0)
+        .faults()
+        .drop_matching(crate::sim::FaultMatch::io().lbas(4000..4001), Some(1));
+    const LOST: u64 = u64::MAX;
+    qp.read(&r.ns, 4000, 8, &buf, 0, LOST).unwrap();
+    // Act: keep the queue busy until the dropped read comes back.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut lost = None;
+    let mut tag = 0;
+    while lost.is_none() {
+        while qp.in_flight() < 8 {
+            tag += 1;
+            qp.read(&r.ns, tag % 256, 8, &buf, 0, tag).unwrap();
+        }
+        qp.poll(64, |c| {
+            if c.tag == LOST {
+                lost = Some(c.outcome);
+            } else {
+                assert!(
+                    c.outcome.is_success() || c.outcome == Outcome::Reset,
+                    "{:?}",
+                    c.outcome
+                );
+            }
+        })
+        .unwrap();
+        r.ctrl.service();
+        assert!(
+            Instant::now() < deadline,
+            "the dropped read was never timed out"
+        );
+    }
+    // Assert: it timed out although completions never stopped.
+    assert_eq!(lost, Some(Outcome::TimedOut));
+}
+
+#[test]
 fn controller_fatal_status_leads_to_reset_and_recovery() {
     let r = rig();
     let mut qp = r.ctrl.io_queue_pair(QueueOptions::default()).unwrap();
