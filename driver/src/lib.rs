@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
+pub mod clock;
 pub mod ctrl;
 pub mod pci;
 pub mod qpair;

@@ -13,7 +13,6 @@
 //! Reads go at once.
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use vfnvme::qpair::{DataRef, SubmitError};
 use vfnvme::spec::log::AnaState;
@@ -145,7 +144,7 @@ struct Slot {
     failovers: u8,
     /// Resend on this path (a same-path retry).
     retry_same: bool,
-    /// Earliest resend time (ns on the channel clock).
+    /// Earliest resend time (ns on `vfnvme::clock`).
     not_before_ns: u64,
     /// Fast-fail deadline while waiting for a path.
     deadline_ns: u64,
@@ -166,7 +165,6 @@ pub struct Channel {
     requeue: RequeueRing,
     selector: Selector,
     opts: ChannelOptions,
-    clock: Instant,
     inbox: Inbox,
     stats: ChannelStats,
     /// Paths of the best usable tier (optimized, else non-optimized), rebuilt when a status
@@ -248,7 +246,6 @@ impl Channel {
             requeue: RequeueRing::new(slots),
             selector: Selector::default(),
             opts,
-            clock: Instant::now(),
             inbox,
             stats: ChannelStats::default(),
             tier: Vec::with_capacity(n),
@@ -290,7 +287,7 @@ impl Channel {
 
     #[inline]
     fn now_ns(&self) -> u64 {
-        self.clock.elapsed().as_nanos() as u64
+        vfnvme::clock::now_ns()
     }
 
     /// Re-reads path states (after the generation moved) and takes queue pairs the control plane

@@ -512,3 +512,12 @@ mod tests {
         assert_eq!(e.try_read().unwrap(), None);
     }
 }
+
+/// Reads the CPU's time-stamp counter (x86_64), for [`crate::clock`].
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC has no preconditions on x86_64 (every x86_64 CPU has it; it reads a counter
+    // and touches no memory). The intrinsic is `unsafe` only for historical reasons.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}

@@ -26,7 +26,6 @@ pub mod prp;
 pub mod ring;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use vfnvme_hugepages::{DmaBuf, DmaPool, DomainId};
 
@@ -327,7 +326,6 @@ pub struct QueuePair {
     mdts_bytes: u64,
     epoch: u64,
     timeout_ns: u64,
-    clock: Instant,
     now_ns: u64,
     ticks: u32,
     next_scan_ns: u64,
@@ -365,10 +363,9 @@ impl QueuePair {
             mdts_bytes: s.mdts_bytes,
             epoch: s.epoch,
             timeout_ns: s.opts.timeout_ms as u64 * 1_000_000,
-            clock: Instant::now(),
             now_ns: 0,
             ticks: 0,
-            next_scan_ns: SCAN_INTERVAL_NS,
+            next_scan_ns: crate::clock::now_ns() + SCAN_INTERVAL_NS,
             failed: Vec::new(),
             release: s.release,
             _not_sync: std::marker::PhantomData,
@@ -413,7 +410,7 @@ impl QueuePair {
 
     #[inline]
     fn refresh_clock(&mut self) {
-        self.now_ns = self.clock.elapsed().as_nanos() as u64;
+        self.now_ns = crate::clock::now_ns();
     }
 
     #[inline]

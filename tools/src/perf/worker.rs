@@ -23,7 +23,6 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Barrier};
-use std::time::Instant;
 
 use hdrhistogram::Histogram;
 use vfnvme::qpair::SubmitError;
@@ -806,9 +805,11 @@ impl NsCtx {
     }
 }
 
+/// Nanoseconds since `origin` on the driver's TSC clock (`vfnvme::clock`): one instruction, where
+/// `Instant::now()` can be a system call and an emulated device read inside a VM.
 #[inline]
-fn now_ns(clock: &Instant) -> u64 {
-    clock.elapsed().as_nanos() as u64
+fn now_ns(origin: &u64) -> u64 {
+    vfnvme::clock::now_ns().saturating_sub(*origin)
 }
 
 /// Runs `ctxs` until the deadline or budget, then drains. Returns (measure start, end, abandoned).
@@ -819,7 +820,7 @@ fn run_loop(
     abort: &AtomicBool,
     readback: bool,
 ) -> (u64, u64, u64) {
-    let clock = Instant::now();
+    let clock = vfnvme::clock::now_ns();
     let warmup = if readback { 0 } else { p.warmup_ns };
     let end = match (readback, p.duration_ns) {
         (false, Some(d)) => warmup.saturating_add(d),
