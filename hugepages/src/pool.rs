@@ -212,8 +212,12 @@ impl Drop for DmaPool {
         let s = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
         for r in &s.regions {
             for m in &s.mappers {
+                // At teardown the domain is often gone already (a VFIO container whose groups
+                // were released drops every mapping with its IOMMU context, and then refuses the
+                // unmap with EINVAL). Nothing is unsafe either way: VFIO keeps the pages it
+                // pinned until the mapping goes, so the device cannot reach reused memory.
                 if let Err(e) = r.unmap_from(m.as_ref()) {
-                    log::warn!("unmapping DMA region at drop failed: {e}");
+                    log::debug!("unmapping DMA region at drop: {e}");
                 }
             }
         }

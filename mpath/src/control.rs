@@ -23,7 +23,10 @@ pub struct ReconnectOptions {
     pub reconnect_delay: Duration,
     /// Give the path up when it has not come back after this long.
     pub ctrl_loss_timeout: Duration,
-    /// Time between control-plane steps.
+    /// Time between control-plane steps: it bounds how fast a removed or failed controller is
+    /// noticed. Each step reads CSTS (an MMIO read); on an emulated controller a tighter period
+    /// costs measurable I/O throughput (QD 1 in the TCG guest: 1 ms gave 13-19% fewer IOPS than
+    /// 10 ms).
     pub interval: Duration,
 }
 
@@ -32,7 +35,7 @@ impl Default for ReconnectOptions {
         ReconnectOptions {
             reconnect_delay: Duration::from_millis(100),
             ctrl_loss_timeout: Duration::from_secs(60),
-            interval: Duration::from_millis(2),
+            interval: Duration::from_millis(10),
         }
     }
 }

@@ -433,7 +433,10 @@ pub fn open(cfg: &Config) -> anyhow::Result<Opened> {
         )
     } else {
         (
-            Some(ControlPlane::spawn(ctrls.clone(), Duration::from_millis(1))),
+            Some(ControlPlane::spawn(
+                ctrls.clone(),
+                Duration::from_millis(10),
+            )),
             None,
         )
     };
