@@ -52,3 +52,141 @@ pub fn check(buf: &DmaBuf, lba: u64, gen: u64) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Counters that verify workers share.
+#[derive(Default)]
+pub struct Tally {
+    /// Commands submitted.
+    pub submitted: std::sync::atomic::AtomicU64,
+    /// Commands completed (each exactly once, checked by the worker).
+    pub completed: std::sync::atomic::AtomicU64,
+    /// Reads whose data was checked.
+    pub verified: std::sync::atomic::AtomicU64,
+    /// Failovers the channels did.
+    pub failovers: std::sync::atomic::AtomicU64,
+    /// Same-path retries the channels did.
+    pub retries: std::sync::atomic::AtomicU64,
+    /// Commands issued on path 0 and 1 (sampled right after each batch is submitted, before any
+    /// poll, with `Channel::in_flight_per_path`).
+    pub per_path: [std::sync::atomic::AtomicU64; 2],
+}
+
+/// One core's verify loop through `ch` over its own LBA range (`qd` slots of [`IO_BLOCKS`]
+/// blocks from `base`) until `stop` (and at least two rounds): write every slot with a new
+/// generation, then read every slot back and check it; plain and passthrough commands alternate
+/// by round. Every command must complete exactly once and successfully; the channel must end
+/// with nothing outstanding, no "no path" completion and no bad completion.
+///
+/// # Panics
+/// On any of those violations (it is a test helper).
+pub fn verify_worker(
+    core: u64,
+    mut ch: vfnvme_mpath::Channel,
+    pool: &std::sync::Arc<vfnvme_hugepages::DmaPool>,
+    qd: u64,
+    base: u64,
+    stop: &std::sync::atomic::AtomicBool,
+    tally: &Tally,
+) {
+    use std::collections::HashSet;
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+    use vfnvme::spec::NvmOpcode;
+    use vfnvme::PassthruCmd;
+    use vfnvme_mpath::channel::RefuseReason;
+    use vfnvme_mpath::IoDesc;
+
+    let mut bufs: Vec<Option<DmaBuf>> = (0..qd)
+        .map(|_| Some(pool.alloc(IO_BYTES, 4096).unwrap()))
+        .collect();
+    let mut gen = 0u64;
+    let mut round = 0u64;
+    while !stop.load(Ordering::Relaxed) || round < 2 {
+        gen += 1;
+        for read_phase in [false, true] {
+            let passthru = round % 2 == 1;
+            let mut pending: HashSet<u64> = HashSet::new();
+            for i in 0..qd {
+                let lba = base + i * IO_BLOCKS as u64;
+                let buf = bufs[i as usize].take().unwrap();
+                if read_phase {
+                    buf.fill(0, IO_BYTES, 0);
+                } else {
+                    stamp(&buf, lba, gen);
+                }
+                let tag = (gen << 20) | (read_phase as u64) << 16 | i;
+                let mut desc = if passthru {
+                    let opcode = if read_phase {
+                        NvmOpcode::READ.0
+                    } else {
+                        NvmOpcode::WRITE.0
+                    };
+                    let cmd = PassthruCmd {
+                        opcode,
+                        nsid: 1,
+                        cdw10_15: [lba as u32, (lba >> 32) as u32, IO_BLOCKS - 1, 0, 0, 0],
+                        ..Default::default()
+                    };
+                    IoDesc::passthru(cmd, Some(buf), None, read_phase, tag)
+                } else if read_phase {
+                    IoDesc::read(lba, IO_BLOCKS, buf, tag)
+                } else {
+                    IoDesc::write(lba, IO_BLOCKS, buf, tag)
+                };
+                loop {
+                    match ch.submit(desc) {
+                        Ok(()) => break,
+                        Err(r) => {
+                            assert_eq!(r.reason, RefuseReason::Full, "core {core}: refused");
+                            desc = r.desc;
+                            ch.poll(64, |c| panic!("unexpected early completion {:#x}", c.tag));
+                        }
+                    }
+                }
+                assert!(pending.insert(tag));
+                tally.submitted.fetch_add(1, Ordering::Relaxed);
+            }
+            for (p, n) in ch.in_flight_per_path().into_iter().enumerate().take(2) {
+                tally.per_path[p].fetch_add(n as u64, Ordering::Relaxed);
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !pending.is_empty() {
+                ch.poll(64, |c| {
+                    assert!(
+                        pending.remove(&c.tag),
+                        "core {core}: tag {:#x} completed twice or unknown",
+                        c.tag
+                    );
+                    tally.completed.fetch_add(1, Ordering::Relaxed);
+                    let i = c.tag & 0xffff;
+                    if let Err(e) = &c.result {
+                        panic!("core {core} gen {gen} slot {i} read={read_phase}: {e}");
+                    }
+                    let buf = c.data.expect("buffer comes back");
+                    if read_phase {
+                        let lba = base + i * IO_BLOCKS as u64;
+                        if let Err(e) = check(&buf, lba, gen) {
+                            panic!("core {core}: corrupted data: {e}");
+                        }
+                        tally.verified.fetch_add(1, Ordering::Relaxed);
+                    }
+                    bufs[i as usize] = Some(buf);
+                });
+                assert!(
+                    Instant::now() < deadline,
+                    "core {core}: {} commands never completed",
+                    pending.len()
+                );
+                std::hint::spin_loop();
+            }
+        }
+        round += 1;
+    }
+    assert_eq!(ch.outstanding(), 0);
+    let st = ch.stats();
+    assert_eq!(st.no_path, 0, "core {core}: {st:?}");
+    assert_eq!(st.bad_completions, 0, "core {core}: {st:?}");
+    eprintln!("core {core}: {round} rounds, {st:?}");
+    tally.failovers.fetch_add(st.failovers, Ordering::Relaxed);
+    tally.retries.fetch_add(st.retries, Ordering::Relaxed);
+}

@@ -2,8 +2,7 @@
 //! while one path gets every fault kind in turn, then a seeded stress of mixed failures. Every
 //! command must complete exactly once, successfully, with the data it should have.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,12 +10,12 @@ use vfnvme::sim::{FaultMatch, NsConfig, SimSubsystem};
 use vfnvme::spec::log::AnaState;
 use vfnvme::spec::status::{path, sct};
 use vfnvme::spec::{NvmOpcode, Status};
-use vfnvme::{Controller, ControllerOptions, PassthruCmd, QueueOptions};
-use vfnvme_hugepages::{DmaBuf, DmaPool, PagePolicy};
+use vfnvme::{Controller, ControllerOptions, QueueOptions};
+use vfnvme_hugepages::{DmaPool, PagePolicy};
 use vfnvme_mpath::{
     Channel, ChannelOptions, IoDesc, MpNamespace, MpathControl, Policy, ReconnectOptions, Subsystem,
 };
-use vfnvme_tests::{check, stamp, IO_BLOCKS, IO_BYTES};
+use vfnvme_tests::{check, stamp, verify_worker, Tally, IO_BLOCKS, IO_BYTES};
 
 struct World {
     sim: SimSubsystem,
@@ -65,124 +64,6 @@ fn chan_opts() -> ChannelOptions {
     }
 }
 
-#[derive(Default)]
-struct Tally {
-    submitted: AtomicU64,
-    completed: AtomicU64,
-    verified: AtomicU64,
-    failovers: AtomicU64,
-    retries: AtomicU64,
-}
-
-/// One core's verify loop over its own LBA range until `stop`: write every slot with a new
-/// generation, read every slot back and check it. Alternates plain and passthrough commands.
-fn worker(
-    core: u64,
-    ns: Arc<MpNamespace>,
-    pool: Arc<DmaPool>,
-    stop: Arc<AtomicBool>,
-    tally: Arc<Tally>,
-) {
-    let mut ch = Channel::new(&ns, chan_opts()).unwrap();
-    let qd = 16u64;
-    let base = core * 4096;
-    let mut bufs: Vec<Option<DmaBuf>> = (0..qd)
-        .map(|_| Some(pool.alloc(IO_BYTES, 4096).unwrap()))
-        .collect();
-    let mut gen = 0u64;
-    let mut round = 0u64;
-    while !stop.load(Ordering::Relaxed) || round < 2 {
-        gen += 1;
-        for read_phase in [false, true] {
-            let passthru = round % 2 == 1;
-            let mut pending: HashSet<u64> = HashSet::new();
-            for i in 0..qd {
-                let lba = base + i * IO_BLOCKS as u64;
-                let buf = bufs[i as usize].take().unwrap();
-                if read_phase {
-                    buf.fill(0, IO_BYTES, 0);
-                } else {
-                    stamp(&buf, lba, gen);
-                }
-                let tag = (gen << 20) | (read_phase as u64) << 16 | i;
-                let desc = if passthru {
-                    let op = if read_phase {
-                        NvmOpcode::READ.0
-                    } else {
-                        NvmOpcode::WRITE.0
-                    };
-                    let cmd = PassthruCmd {
-                        opcode: op,
-                        nsid: 1,
-                        cdw10_15: [lba as u32, (lba >> 32) as u32, IO_BLOCKS - 1, 0, 0, 0],
-                        ..Default::default()
-                    };
-                    IoDesc::passthru(cmd, Some(buf), None, read_phase, tag)
-                } else if read_phase {
-                    IoDesc::read(lba, IO_BLOCKS, buf, tag)
-                } else {
-                    IoDesc::write(lba, IO_BLOCKS, buf, tag)
-                };
-                let mut desc = desc;
-                loop {
-                    match ch.submit(desc) {
-                        Ok(()) => break,
-                        Err(r) => {
-                            assert_eq!(
-                                r.reason,
-                                vfnvme_mpath::channel::RefuseReason::Full,
-                                "core {core}: refused"
-                            );
-                            desc = r.desc;
-                            ch.poll(64, |c| panic!("unexpected early completion {:?}", c.tag));
-                        }
-                    }
-                }
-                assert!(pending.insert(tag));
-                tally.submitted.fetch_add(1, Ordering::Relaxed);
-            }
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while !pending.is_empty() {
-                ch.poll(64, |c| {
-                    assert!(
-                        pending.remove(&c.tag),
-                        "core {core}: tag {:#x} completed twice or unknown",
-                        c.tag
-                    );
-                    tally.completed.fetch_add(1, Ordering::Relaxed);
-                    let i = c.tag & 0xffff;
-                    if let Err(e) = &c.result {
-                        panic!("core {core} gen {gen} slot {i} read={read_phase}: {e}");
-                    }
-                    let buf = c.data.expect("buffer comes back");
-                    if read_phase {
-                        let lba = base + i * IO_BLOCKS as u64;
-                        if let Err(e) = check(&buf, lba, gen) {
-                            panic!("core {core}: corrupted data: {e}");
-                        }
-                        tally.verified.fetch_add(1, Ordering::Relaxed);
-                    }
-                    bufs[i as usize] = Some(buf);
-                });
-                assert!(
-                    Instant::now() < deadline,
-                    "core {core}: {} commands never completed",
-                    pending.len()
-                );
-                std::hint::spin_loop();
-            }
-        }
-        round += 1;
-    }
-    assert_eq!(ch.outstanding(), 0);
-    tally
-        .failovers
-        .fetch_add(ch.stats().failovers, Ordering::Relaxed);
-    tally
-        .retries
-        .fetch_add(ch.stats().retries, Ordering::Relaxed);
-}
-
 fn run_with_faults(w: &World, inject: impl FnOnce(&World)) -> Arc<Tally> {
     let control = MpathControl::new(
         std::slice::from_ref(&w.ns),
@@ -199,7 +80,10 @@ fn run_with_faults(w: &World, inject: impl FnOnce(&World)) -> Arc<Tally> {
         .map(|core| {
             let (ns, pool, stop, tally) =
                 (w.ns.clone(), w.pool.clone(), stop.clone(), tally.clone());
-            std::thread::spawn(move || worker(core, ns, pool, stop, tally))
+            std::thread::spawn(move || {
+                let ch = Channel::new(&ns, chan_opts()).unwrap();
+                verify_worker(core, ch, &pool, 16, core * 4096, &stop, &tally)
+            })
         })
         .collect();
     inject(w);

@@ -6,7 +6,6 @@
 //! The guest exports `VFNVME_VM_BDFS` (the controllers' PCI addresses, bound to vfio-pci) and
 //! `VFNVME_VM_NOIOMMU`.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,17 +13,14 @@ use std::time::{Duration, Instant};
 
 use vfnvme::pci::vfio::{VfioFunction, VfioSystem};
 use vfnvme::pci::PciFunction;
-use vfnvme::spec::NvmOpcode;
 use vfnvme::{
-    Completion, Controller, ControllerOptions, CtrlState, NsInfo, Outcome, PassthruCmd,
-    QueueOptions, QueuePair,
+    Completion, Controller, ControllerOptions, CtrlState, NsInfo, Outcome, QueueOptions, QueuePair,
 };
 use vfnvme_hugepages::{DmaBuf, DmaPool, PagePolicy};
 use vfnvme_mpath::{
-    Channel, ChannelOptions, IoDesc, MpNamespace, MpathControl, PathStatus, Policy,
-    ReconnectOptions, Subsystem,
+    Channel, ChannelOptions, MpathControl, PathStatus, Policy, ReconnectOptions, Subsystem,
 };
-use vfnvme_tests::{check, stamp, IO_BLOCKS, IO_BYTES};
+use vfnvme_tests::{verify_worker, Tally};
 
 fn bdfs() -> Vec<String> {
     let v: Vec<String> = std::env::var("VFNVME_VM_BDFS")
@@ -612,138 +608,6 @@ fn vfio_hot_unplug_releases_and_reattaches() {
 // The verify workload of tests/tests/sim_mpath.rs, over real VFIO: every block carries its LBA,
 // a generation and a checksum.
 
-#[derive(Default)]
-struct Tally {
-    submitted: AtomicU64,
-    completed: AtomicU64,
-    verified: AtomicU64,
-    failovers: AtomicU64,
-    /// Commands issued on each path (sampled right after each batch is submitted, before any
-    /// poll: `Channel::in_flight_per_path`).
-    per_path: [AtomicU64; 2],
-}
-
-/// One core's verify loop over its own LBA range until `stop`: write every slot with a new
-/// generation, then read every slot back and check it; plain and passthrough commands alternate
-/// by round. Every command must complete exactly once, successfully.
-fn verify_worker(
-    core: u64,
-    ns: Arc<MpNamespace>,
-    pool: Arc<DmaPool>,
-    stop: Arc<AtomicBool>,
-    tally: Arc<Tally>,
-) {
-    let opts = ChannelOptions {
-        queue: QueueOptions {
-            size: 32,
-            ..Default::default()
-        },
-        policy: Policy::RoundRobin { min_ios: 1 },
-        slots: 64,
-        default_cqt_ms: 5,
-        ..Default::default()
-    };
-    let mut ch = Channel::new(&ns, opts).unwrap();
-    let qd = 8u64;
-    let base = (1 << 20) + core * 4096;
-    let mut bufs: Vec<Option<DmaBuf>> = (0..qd)
-        .map(|_| Some(pool.alloc(IO_BYTES, 4096).unwrap()))
-        .collect();
-    let mut gen = 0u64;
-    let mut round = 0u64;
-    while !stop.load(Ordering::Relaxed) || round < 2 {
-        gen += 1;
-        for read_phase in [false, true] {
-            let passthru = round % 2 == 1;
-            let mut pending: HashSet<u64> = HashSet::new();
-            for i in 0..qd {
-                let lba = base + i * IO_BLOCKS as u64;
-                let buf = bufs[i as usize].take().unwrap();
-                if read_phase {
-                    buf.fill(0, IO_BYTES, 0);
-                } else {
-                    stamp(&buf, lba, gen);
-                }
-                let tag = (gen << 20) | (read_phase as u64) << 16 | i;
-                let mut desc = if passthru {
-                    let op = if read_phase {
-                        NvmOpcode::READ.0
-                    } else {
-                        NvmOpcode::WRITE.0
-                    };
-                    let cmd = PassthruCmd {
-                        opcode: op,
-                        nsid: 1,
-                        cdw10_15: [lba as u32, (lba >> 32) as u32, IO_BLOCKS - 1, 0, 0, 0],
-                        ..Default::default()
-                    };
-                    IoDesc::passthru(cmd, Some(buf), None, read_phase, tag)
-                } else if read_phase {
-                    IoDesc::read(lba, IO_BLOCKS, buf, tag)
-                } else {
-                    IoDesc::write(lba, IO_BLOCKS, buf, tag)
-                };
-                loop {
-                    match ch.submit(desc) {
-                        Ok(()) => break,
-                        Err(r) => {
-                            assert_eq!(
-                                r.reason,
-                                vfnvme_mpath::channel::RefuseReason::Full,
-                                "core {core}: refused"
-                            );
-                            desc = r.desc;
-                            ch.poll(64, |c| panic!("unexpected early completion {:#x}", c.tag));
-                        }
-                    }
-                }
-                assert!(pending.insert(tag));
-                tally.submitted.fetch_add(1, Ordering::Relaxed);
-            }
-            for (p, n) in ch.in_flight_per_path().into_iter().enumerate().take(2) {
-                tally.per_path[p].fetch_add(n as u64, Ordering::Relaxed);
-            }
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while !pending.is_empty() {
-                ch.poll(64, |c| {
-                    assert!(
-                        pending.remove(&c.tag),
-                        "core {core}: tag {:#x} completed twice or unknown",
-                        c.tag
-                    );
-                    tally.completed.fetch_add(1, Ordering::Relaxed);
-                    let i = c.tag & 0xffff;
-                    if let Err(e) = &c.result {
-                        panic!("core {core} gen {gen} slot {i} read={read_phase}: {e}");
-                    }
-                    let buf = c.data.expect("buffer comes back");
-                    if read_phase {
-                        let lba = base + i * IO_BLOCKS as u64;
-                        if let Err(e) = check(&buf, lba, gen) {
-                            panic!("core {core}: corrupted data: {e}");
-                        }
-                        tally.verified.fetch_add(1, Ordering::Relaxed);
-                    }
-                    bufs[i as usize] = Some(buf);
-                });
-                assert!(
-                    Instant::now() < deadline,
-                    "core {core}: {} commands never completed",
-                    pending.len()
-                );
-                std::hint::spin_loop();
-            }
-        }
-        round += 1;
-    }
-    assert_eq!(ch.outstanding(), 0);
-    let st = ch.stats();
-    assert_eq!(st.no_path, 0, "core {core}: {st:?}");
-    assert_eq!(st.bad_completions, 0, "core {core}: {st:?}");
-    eprintln!("core {core}: {round} rounds, {st:?}");
-    tally.failovers.fetch_add(st.failovers, Ordering::Relaxed);
-}
-
 /// Issue B: the verify workload on two cores over both controllers (round-robin) while one of
 /// them is unplugged with QMP `device_del`: I/O continues on the other with no errors; after
 /// `device_add` the path is re-attached and carries I/O again.
@@ -777,7 +641,20 @@ fn vfio_multipath_verify_survives_unplug() {
             let (ns, pool, stop, tally) = (ns.clone(), g.pool.clone(), stop.clone(), tally.clone());
             std::thread::Builder::new()
                 .name(format!("verify-{core}"))
-                .spawn(move || verify_worker(core, ns, pool, stop, tally))
+                .spawn(move || {
+                    let opts = ChannelOptions {
+                        queue: QueueOptions {
+                            size: 32,
+                            ..Default::default()
+                        },
+                        policy: Policy::RoundRobin { min_ios: 1 },
+                        slots: 64,
+                        default_cqt_ms: 5,
+                        ..Default::default()
+                    };
+                    let ch = Channel::new(&ns, opts).unwrap();
+                    verify_worker(core, ch, &pool, 8, (1 << 20) + core * 4096, &stop, &tally)
+                })
                 .unwrap()
         })
         .collect();
