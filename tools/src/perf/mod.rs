@@ -118,6 +118,14 @@ fn run_opened(
     };
     let ncores = cfg.cores.len();
     let shared = Arc::new(Shared::new(ncores));
+    // Ctrl-C stops the run like the end of -t: the cores drain what is in flight and the results
+    // so far are printed (as SPDK's perf does). Only the first run in a process gets the handler.
+    let on_signal = shared.clone();
+    let _ = ctrlc::set_handler(move || {
+        if !on_signal.abort.swap(true, Ordering::Relaxed) {
+            eprintln!("\nvfnvme-perf: interrupted; draining, then the results so far");
+        }
+    });
     let (tx, rx) = mpsc::channel();
     let mut handles = Vec::with_capacity(ncores);
     for (ci, plans) in plans.into_iter().enumerate() {
