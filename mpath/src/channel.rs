@@ -95,6 +95,8 @@ pub struct MpCompletion {
     pub data: Option<DmaBuf>,
     /// The metadata buffer.
     pub metadata: Option<DmaBuf>,
+    /// The registered buffer, for a command from [`Channel::submit_fixed`].
+    pub buf_index: Option<u32>,
 }
 
 /// A command refused at submission, with its descriptor back.
@@ -134,6 +136,41 @@ pub struct ChannelStats {
     pub bad_completions: u64,
 }
 
+/// What a slot retains to rebuild its command.
+enum Held {
+    /// The slot is free.
+    Empty,
+    /// A descriptor that owns its buffers (given back in the completion).
+    Owned(IoDesc),
+    /// A command on a registered buffer (`Channel::register_buffers`): nothing moves in or out.
+    Fixed {
+        /// What to do.
+        kind: IoKind,
+        /// Index into the registered buffers.
+        buf: u32,
+        /// Caller's tag.
+        tag: u64,
+    },
+}
+
+impl Held {
+    fn is_live(&self) -> bool {
+        !matches!(self, Held::Empty)
+    }
+
+    fn idempotent(&self) -> bool {
+        match self {
+            Held::Empty => false,
+            Held::Owned(d) => d.idempotent(),
+            Held::Fixed { kind, .. } => match kind {
+                IoKind::Read { .. } => true,
+                IoKind::Write { .. } => false,
+                IoKind::Passthru { idempotent, .. } => *idempotent,
+            },
+        }
+    }
+}
+
 /// Per-command state beside the descriptor (kept apart so that the descriptor is moved once in
 /// and once out, and this small part is rewritten in place).
 #[derive(Clone, Copy, Default)]
@@ -160,7 +197,9 @@ pub struct Channel {
     generation: u64,
     slots: Vec<Slot>,
     /// The retained descriptor of each live slot.
-    descs: Vec<Option<IoDesc>>,
+    descs: Vec<Held>,
+    /// Buffers registered for `submit_fixed`.
+    fixed_bufs: Arc<[DmaBuf]>,
     free: Vec<u32>,
     requeue: RequeueRing,
     selector: Selector,
@@ -241,7 +280,8 @@ impl Channel {
             in_flight: vec![0; n],
             generation: u64::MAX,
             slots: vec![Slot::default(); slots],
-            descs: (0..slots).map(|_| None).collect(),
+            descs: (0..slots).map(|_| Held::Empty).collect(),
+            fixed_bufs: Arc::from(Vec::new()),
             free: (0..slots as u32).rev().collect(),
             requeue: RequeueRing::new(slots),
             selector: Selector::default(),
@@ -388,28 +428,28 @@ impl Channel {
     /// Builds and queues the command of `slot` on path `p`.
     #[inline]
     fn issue(&mut self, p: usize, slot: u32) -> Result<(), SubmitError> {
-        let desc = self.descs[slot as usize]
-            .as_ref()
-            .expect("issued slot is live");
+        let (kind, data, md) = match &self.descs[slot as usize] {
+            Held::Owned(d) => (d.kind, d.data.as_ref(), d.metadata.as_ref()),
+            Held::Fixed { kind, buf, .. } => (*kind, self.fixed_bufs.get(*buf as usize), None),
+            Held::Empty => unreachable!("issued slot is live"),
+        };
         let qp = self.qps[p].as_mut().expect("picked path has a queue pair");
         let info = &self.params[p].info;
         let tag = slot as u64;
-        let r = match desc.kind {
+        let r = match kind {
             IoKind::Read { lba, blocks } => {
-                let buf = desc.data.as_ref().expect("read has a buffer");
+                let buf = data.expect("read has a buffer");
                 qp.read(info, lba, blocks, buf, 0, tag)
             }
             IoKind::Write { lba, blocks } => {
-                let buf = desc.data.as_ref().expect("write has a buffer");
+                let buf = data.expect("write has a buffer");
                 qp.write(info, lba, blocks, buf, 0, tag)
             }
             IoKind::Passthru { mut cmd, .. } => {
                 if cmd.nsid != 0 && cmd.nsid != u32::MAX {
                     cmd.nsid = info.nsid;
                 }
-                let data = desc.data.as_ref().map(DataRef::whole);
-                let md = desc.metadata.as_ref().map(DataRef::whole);
-                qp.passthru(&cmd, data, md, tag)
+                qp.passthru(&cmd, data.map(DataRef::whole), md.map(DataRef::whole), tag)
             }
         };
         if r.is_ok() {
@@ -433,9 +473,66 @@ impl Channel {
                 desc,
             }));
         };
-        self.descs[slot as usize] = Some(desc);
+        self.descs[slot as usize] = Held::Owned(desc);
+        self.start(slot).map_err(|reason| {
+            let Held::Owned(desc) = std::mem::replace(&mut self.descs[slot as usize], Held::Empty)
+            else {
+                unreachable!("just stored")
+            };
+            Box::new(Refused { reason, desc })
+        })
+    }
+
+    /// Registers buffers for [`Channel::submit_fixed`], like io_uring's fixed buffers: the caller
+    /// keeps its own handle on them (to fill and check data), commands name them by index, and
+    /// nothing is moved in or out per command. Replaces an earlier set.
+    ///
+    /// # Errors
+    /// [`RefuseReason::Invalid`] while commands on registered buffers are outstanding.
+    pub fn register_buffers(&mut self, bufs: Arc<[DmaBuf]>) -> Result<(), RefuseReason> {
+        if self.descs.iter().any(|d| matches!(d, Held::Fixed { .. })) {
+            return Err(RefuseReason::Invalid(
+                "registered buffers are in use by outstanding commands".into(),
+            ));
+        }
+        self.fixed_bufs = bufs;
+        Ok(())
+    }
+
+    /// Submits a command on registered buffer `buf` (the whole buffer for passthrough; the first
+    /// `blocks` blocks for reads and writes). It fails over like any other command; its
+    /// completion carries `buf_index` and no buffers.
+    ///
+    /// # Errors
+    /// [`RefuseReason::Full`] (poll and retry), `NoPath`, or `Invalid` (including an index past
+    /// the registered buffers).
+    #[inline]
+    pub fn submit_fixed(&mut self, kind: IoKind, buf: u32, tag: u64) -> Result<(), RefuseReason> {
+        if self.generation != self.ns.generation() {
+            self.refresh();
+        }
+        if buf as usize >= self.fixed_bufs.len() {
+            return Err(RefuseReason::Invalid(format!(
+                "buffer {buf} is not registered ({} are)",
+                self.fixed_bufs.len()
+            )));
+        }
+        let Some(slot) = self.free.pop() else {
+            return Err(RefuseReason::Full);
+        };
+        self.descs[slot as usize] = Held::Fixed { kind, buf, tag };
+        self.start(slot).inspect_err(|_| {
+            self.descs[slot as usize] = Held::Empty;
+        })
+    }
+
+    /// Sends a freshly stored slot to a path, or parks it on the requeue ring when no path is
+    /// usable but one may come back. On refusal the slot is freed (the caller takes its
+    /// descriptor back first).
+    #[inline]
+    fn start(&mut self, slot: u32) -> Result<(), RefuseReason> {
         self.slots[slot as usize] = Slot::default();
-        loop {
+        let r = loop {
             let Some(p) = self.pick_any() else {
                 if self.any_waiting() {
                     // Wait on the ring for a path to come back.
@@ -446,22 +543,18 @@ impl Channel {
                     self.requeue.push(slot);
                     return Ok(());
                 }
-                return Err(self.refuse(slot, RefuseReason::NoPath));
+                break RefuseReason::NoPath;
             };
             match self.issue(p, slot) {
                 Ok(()) => return Ok(()),
-                Err(SubmitError::QueueFull) => return Err(self.refuse(slot, RefuseReason::Full)),
+                Err(SubmitError::QueueFull) => break RefuseReason::Full,
                 Err(SubmitError::NotReady { .. }) => self.set_status(p, PathStatus::Waiting),
                 Err(SubmitError::DeviceGone { .. }) => self.set_status(p, PathStatus::Gone),
-                Err(e) => return Err(self.refuse(slot, RefuseReason::Invalid(e.to_string()))),
+                Err(e) => break RefuseReason::Invalid(e.to_string()),
             }
-        }
-    }
-
-    fn refuse(&mut self, slot: u32, reason: RefuseReason) -> Box<Refused> {
-        let desc = self.descs[slot as usize].take().expect("live slot");
+        };
         self.free.push(slot);
-        Box::new(Refused { reason, desc })
+        Err(r)
     }
 
     /// Rings every path's doorbell for commands submitted since the last poll.
@@ -510,7 +603,7 @@ impl Channel {
     #[inline]
     fn dispose(&mut self, p: usize, c: Completion, f: &mut impl FnMut(MpCompletion)) -> bool {
         let slot = c.tag as u32;
-        if self.descs.get(slot as usize).is_none_or(|d| d.is_none()) {
+        if !self.descs.get(slot as usize).is_some_and(Held::is_live) {
             log::error!("completion for unknown channel slot {slot}");
             return false;
         }
@@ -552,9 +645,7 @@ impl Channel {
             _ => {}
         }
         let now = self.now_ns();
-        let idempotent = self.descs[slot as usize]
-            .as_ref()
-            .is_some_and(|d| d.idempotent());
+        let idempotent = self.descs[slot as usize].idempotent();
         let s = &mut self.slots[slot as usize];
         match d {
             Disposition::Retry { delay_ms } => {
@@ -604,17 +695,36 @@ impl Channel {
         result: Result<u32, IoError>,
         f: &mut impl FnMut(MpCompletion),
     ) {
-        let desc = self.descs[slot as usize].take().expect("live slot");
+        // A fixed command's fields are copied out and the slot marked empty in place; only an
+        // owned descriptor is moved out (its buffers go back to the caller).
+        let fixed = match self.descs[slot as usize] {
+            Held::Fixed { buf, tag, .. } => Some((buf, tag)),
+            _ => None,
+        };
+        let (tag, data, metadata, buf_index) = match fixed {
+            Some((buf, tag)) => {
+                self.descs[slot as usize] = Held::Empty;
+                (tag, None, None, Some(buf))
+            }
+            None => {
+                let Held::Owned(d) = std::mem::replace(&mut self.descs[slot as usize], Held::Empty)
+                else {
+                    unreachable!("completed slot is live")
+                };
+                (d.tag, d.data, d.metadata, None)
+            }
+        };
         self.free.push(slot);
         self.stats.completed += 1;
         if matches!(result, Err(IoError::NoPath)) {
             self.stats.no_path += 1;
         }
         f(MpCompletion {
-            tag: desc.tag,
+            tag,
             result,
-            data: desc.data,
-            metadata: desc.metadata,
+            data,
+            metadata,
+            buf_index,
         });
     }
 

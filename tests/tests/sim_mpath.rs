@@ -6,14 +6,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::collections::HashSet;
 use vfnvme::sim::{FaultMatch, NsConfig, SimSubsystem};
 use vfnvme::spec::log::AnaState;
 use vfnvme::spec::status::{path, sct};
 use vfnvme::spec::{NvmOpcode, Status};
 use vfnvme::{Controller, ControllerOptions, QueueOptions};
 use vfnvme_hugepages::{DmaPool, PagePolicy};
+use vfnvme_mpath::channel::RefuseReason;
 use vfnvme_mpath::{
-    Channel, ChannelOptions, IoDesc, MpNamespace, MpathControl, Policy, ReconnectOptions, Subsystem,
+    Channel, ChannelOptions, IoDesc, IoKind, MpNamespace, MpathControl, Policy, ReconnectOptions,
+    Subsystem,
 };
 use vfnvme_tests::{check, stamp, verify_worker, Tally, IO_BLOCKS, IO_BYTES};
 
@@ -403,4 +406,86 @@ fn inaccessible_everywhere_holds_io_up_to_anatt_then_resumes() {
         ch.poll(8, |c| back = c.data);
     }
     check(&back.unwrap(), 256, 7).unwrap();
+}
+
+#[test]
+fn registered_buffers_fail_over_too() {
+    // Arrange: two paths; path 0 answers every I/O with a path error for a while.
+    let w = world(1);
+    let _cp = MpathControl::new(std::slice::from_ref(&w.ns), ReconnectOptions::default()).spawn();
+    let mut ch = Channel::new(&w.ns, chan_opts()).unwrap();
+    let bufs: Arc<[vfnvme_hugepages::DmaBuf]> = (0..8)
+        .map(|_| w.pool.alloc(IO_BYTES, 4096).unwrap())
+        .collect::<Vec<_>>()
+        .into();
+    ch.register_buffers(bufs.clone()).unwrap();
+    assert!(matches!(
+        ch.submit_fixed(
+            IoKind::Read {
+                lba: 0,
+                blocks: IO_BLOCKS
+            },
+            8,
+            0
+        ),
+        Err(RefuseReason::Invalid(_))
+    ));
+    w.sim.controller(0).faults().fail_matching(
+        FaultMatch::io(),
+        Status::new(sct::PATH, path::INTERNAL_PATH_ERROR),
+        Some(64),
+    );
+    let run = |ch: &mut Channel, write: bool, gen: u64| {
+        for i in 0..8u32 {
+            let lba = 1024 + i as u64 * IO_BLOCKS as u64;
+            if write {
+                stamp(&bufs[i as usize], lba, gen);
+            } else {
+                bufs[i as usize].fill(0, IO_BYTES, 0);
+            }
+            let kind = if write {
+                IoKind::Write {
+                    lba,
+                    blocks: IO_BLOCKS,
+                }
+            } else {
+                IoKind::Read {
+                    lba,
+                    blocks: IO_BLOCKS,
+                }
+            };
+            ch.submit_fixed(kind, i, 100 + i as u64).unwrap();
+        }
+        let mut seen = HashSet::new();
+        let start = Instant::now();
+        while seen.len() < 8 {
+            ch.poll(16, |c| {
+                assert_eq!(c.result, Ok(0), "tag {}", c.tag);
+                assert!(c.data.is_none());
+                assert_eq!(c.buf_index, Some((c.tag - 100) as u32));
+                assert!(seen.insert(c.tag), "completed twice");
+            });
+            assert!(start.elapsed() < Duration::from_secs(10));
+        }
+    };
+    // Act: writes then reads through registered buffers while path 0 fails.
+    run(&mut ch, true, 3);
+    // Registering again while nothing is outstanding is allowed; while busy it is refused.
+    ch.register_buffers(bufs.clone()).unwrap();
+    run(&mut ch, false, 3);
+    // Assert: the data is what was written, and the failures were failed over.
+    for i in 0..8 {
+        check(&bufs[i], 1024 + i as u64 * IO_BLOCKS as u64, 3).unwrap();
+    }
+    assert!(ch.stats().failovers > 0);
+    ch.submit_fixed(
+        IoKind::Read {
+            lba: 0,
+            blocks: IO_BLOCKS,
+        },
+        0,
+        1,
+    )
+    .unwrap();
+    assert!(ch.register_buffers(bufs.clone()).is_err(), "in use");
 }

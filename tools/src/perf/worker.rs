@@ -30,7 +30,7 @@ use vfnvme::spec::Status;
 use vfnvme::{NsInfo, Outcome, QueueOptions, QueuePair};
 use vfnvme_hugepages::{DmaBuf, DmaCache, DmaPool};
 use vfnvme_mpath::channel::RefuseReason;
-use vfnvme_mpath::{Channel, ChannelOptions, IoDesc, IoError, Policy};
+use vfnvme_mpath::{Channel, ChannelOptions, IoError, IoKind, Policy};
 
 use super::args::Workload;
 use super::rng::{mix, percent_threshold, WyRand};
@@ -420,14 +420,13 @@ impl Queues {
         write: bool,
         lba: u64,
         blocks: u32,
-        buf: &mut Option<DmaBuf>,
-        tag: u64,
+        bufs: &[DmaBuf],
+        slot: u32,
     ) -> Result<(), SubmitFail> {
+        let tag = slot as u64;
         match self {
             Queues::Direct { qps, info } => {
-                let b = buf
-                    .as_ref()
-                    .expect("direct queue buffers stay in their slot");
+                let b = &bufs[slot as usize];
                 let qp = &mut qps[q];
                 let r = if write {
                     qp.write(info, lba, blocks, b, 0, tag)
@@ -445,22 +444,17 @@ impl Queues {
                 })
             }
             Queues::Mpath { chs } => {
-                let b = buf.take().expect("buffer back from its last completion");
-                let d = if write {
-                    IoDesc::write(lba, blocks, b, tag)
+                let kind = if write {
+                    IoKind::Write { lba, blocks }
                 } else {
-                    IoDesc::read(lba, blocks, b, tag)
+                    IoKind::Read { lba, blocks }
                 };
-                chs[q].submit(d).map_err(|r| {
-                    let r = *r;
-                    *buf = r.desc.data;
-                    match r.reason {
-                        RefuseReason::Full => SubmitFail::Full,
-                        RefuseReason::NoPath => SubmitFail::Hard(Fail::NoPath),
-                        RefuseReason::Invalid(why) => {
-                            log::error!("submission refused: {why}");
-                            SubmitFail::Hard(Fail::Refused)
-                        }
+                chs[q].submit_fixed(kind, slot, tag).map_err(|r| match r {
+                    RefuseReason::Full => SubmitFail::Full,
+                    RefuseReason::NoPath => SubmitFail::Hard(Fail::NoPath),
+                    RefuseReason::Invalid(why) => {
+                        log::error!("submission refused: {why}");
+                        SubmitFail::Hard(Fail::Refused)
                     }
                 })
             }
@@ -495,7 +489,9 @@ struct NsCtx {
     label: String,
     queues: Queues,
     slot_q: Vec<u16>,
-    bufs: Vec<Option<DmaBuf>>,
+    /// One buffer per slot; with multipath they are registered with every channel
+    /// (`Channel::register_buffers`) and commands name them by index.
+    bufs: Arc<[DmaBuf]>,
     slots: Vec<SlotInfo>,
     ready: Vec<u32>,
     done: Vec<(u32, Fail)>,
@@ -571,7 +567,15 @@ impl NsCtx {
             if p.workload.writes() {
                 b.fill(0, b.len(), 0xa5);
             }
-            bufs.push(Some(b));
+            bufs.push(b);
+        }
+        let bufs: Arc<[DmaBuf]> = Arc::from(bufs);
+        let mut queues = queues;
+        if let Queues::Mpath { chs } = &mut queues {
+            for ch in chs.iter_mut() {
+                ch.register_buffers(bufs.clone())
+                    .map_err(|e| format!("registering I/O buffers: {e:?}"))?;
+            }
         }
         let blocks = (p.io_size >> info.lba_shift) as u32;
         let verify = (p.workload == Workload::Verify).then(|| {
@@ -618,8 +622,7 @@ impl NsCtx {
     #[inline]
     fn poll(&mut self) -> usize {
         let done = &mut self.done;
-        let bufs = &mut self.bufs;
-        let max = bufs.len();
+        let max = self.bufs.len();
         match &mut self.queues {
             Queues::Direct { qps, .. } => {
                 for qp in qps.iter_mut() {
@@ -633,13 +636,7 @@ impl NsCtx {
             }
             Queues::Mpath { chs } => {
                 for ch in chs.iter_mut() {
-                    ch.poll(max, |c| {
-                        let tag = c.tag as usize;
-                        if let Some(b) = c.data {
-                            bufs[tag] = Some(b);
-                        }
-                        done.push((tag as u32, Fail::of_mp(&c.result)));
-                    });
+                    ch.poll(max, |c| done.push((c.tag as u32, Fail::of_mp(&c.result))));
                 }
             }
         }
@@ -668,10 +665,7 @@ impl NsCtx {
                 if s.write {
                     v.gen[u] = if fail == Fail::None { s.gen } else { 0 };
                 } else if fail == Fail::None && v.gen[u] != 0 {
-                    let b = self.bufs[tag as usize]
-                        .as_ref()
-                        .expect("buffer in its slot");
-                    b.read(0, &mut v.scratch);
+                    self.bufs[tag as usize].read(0, &mut v.scratch);
                     v.check(s.lba, v.gen[u] as u64);
                 }
                 if let Phase::ReadBack { .. } = self.phase {
@@ -747,16 +741,13 @@ impl NsCtx {
             if write {
                 if let Some(v) = self.verify.as_mut() {
                     v.stamp(lba, gen as u64);
-                    self.bufs[t]
-                        .as_ref()
-                        .expect("buffer in its slot")
-                        .write(0, &v.scratch);
+                    self.bufs[t].write(0, &v.scratch);
                 }
             }
             let q = self.slot_q[t] as usize;
             match self
                 .queues
-                .submit(q, write, lba, self.blocks, &mut self.bufs[t], tag as u64)
+                .submit(q, write, lba, self.blocks, &self.bufs, t as u32)
             {
                 Ok(()) => {
                     self.ready.pop();
