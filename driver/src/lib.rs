@@ -6,6 +6,7 @@
 //! * [`sim`]: a software NVMe controller and subsystem, with fault injection.
 //! * [`ctrl`]: controller bring-up, admin queue, reset, shutdown, health.
 //! * [`qpair`]: polled I/O queue pairs: SQ/CQ rings, command ids, PRPs, submit and poll.
+//! * [`clock`]: the TSC clock of the I/O path (deadlines, latencies).
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
