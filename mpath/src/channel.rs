@@ -190,7 +190,9 @@ struct Slot {
 /// A per-core handle on a multipath namespace. `Send`, not `Sync`.
 pub struct Channel {
     ns: Arc<MpNamespace>,
-    qps: Vec<Option<QueuePair>>,
+    /// One queue pair per path, boxed so that `poll` can take one out while it delivers (moving
+    /// a pointer, not the queue pair).
+    qps: Vec<Option<Box<QueuePair>>>,
     params: Vec<PathParams>,
     status: Vec<PathStatus>,
     in_flight: Vec<usize>,
@@ -256,7 +258,7 @@ impl Channel {
         for i in 0..n {
             params.push(path_params(ns, i, &opts));
             match ns.path(i).ctrl.io_queue_pair(opts.queue) {
-                Ok(qp) => qps.push(Some(qp)),
+                Ok(qp) => qps.push(Some(Box::new(qp))),
                 Err(e) => {
                     log::warn!("channel: no queue pair on path {i}: {e}");
                     last_err = Some(e);
@@ -339,7 +341,7 @@ impl Channel {
             if i < self.qps.len() {
                 self.params[i] = path_params(&self.ns, i, &self.opts);
                 // Commands on the old queue pair were failed when its controller went away.
-                self.qps[i] = Some(qp);
+                self.qps[i] = Some(Box::new(qp));
             }
         }
         drop(inbox);
