@@ -179,3 +179,11 @@ fn ctrl_c_stops_the_run_and_prints_the_results_so_far() {
     assert!(out.contains("Total"), "{out}");
     assert!(err.contains("interrupted"), "{err}");
 }
+
+#[test]
+fn runs_without_shadow_doorbells() {
+    let o = perf(&["-d", "20000", "--no-shadow-doorbells", "-w", "verify"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("Total"), "{out}");
+}

@@ -230,6 +230,13 @@ pub struct Args {
     #[arg(long = "io-timeout-ms", value_name = "MS", default_value_t = 30_000)]
     pub io_timeout_ms: u32,
 
+    /// Do not use shadow doorbells (Doorbell Buffer Config) even where the controller offers
+    /// them. On an emulated controller they save an MMIO per completion batch, which helps at low
+    /// queue depth, but the device then reads and writes the shadow pages for every command,
+    /// which can cost more at high queue depth; this measures both.
+    #[arg(long = "no-shadow-doorbells")]
+    pub no_shadow_doorbells: bool,
+
     /// More log output (-v info, -vv debug, -vvv trace) on stderr.
     #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
     pub verbose: u8,
@@ -276,6 +283,8 @@ pub struct Config {
     pub seed: u64,
     /// Command timeout.
     pub io_timeout_ms: u32,
+    /// Use shadow doorbells where offered.
+    pub shadow_doorbells: bool,
     /// Log verbosity.
     pub verbose: u8,
 }
@@ -527,6 +536,7 @@ impl Args {
             inject_mismatch: self.inject_mismatch.unwrap_or(0),
             seed: self.seed,
             io_timeout_ms: self.io_timeout_ms,
+            shadow_doorbells: !self.no_shadow_doorbells,
             verbose: self.verbose,
         })
     }

@@ -371,7 +371,10 @@ pub fn open(cfg: &Config) -> anyhow::Result<Opened> {
     if !pcie.is_empty() {
         funcs.extend(open_pcie(&pcie)?);
     }
-    let opts = ControllerOptions::default();
+    let opts = ControllerOptions {
+        shadow_doorbells: cfg.shadow_doorbells,
+        ..ControllerOptions::default()
+    };
     let mut ctrls = Vec::new();
     for f in funcs {
         let name = f.name().to_string();
