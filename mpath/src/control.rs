@@ -46,6 +46,8 @@ struct Watched {
     down_since: Option<Instant>,
     last_try: Option<Instant>,
     last_status: PathStatus,
+    /// `Controller::queues_recreated` at the last step.
+    recreated: u64,
 }
 
 /// Control-plane state for a set of multipath namespaces. Drive it with [`MpathControl::step`]
@@ -65,6 +67,7 @@ fn watch(path: Arc<PathInfo>) -> Watched {
     });
     Watched {
         last_status: path.status(),
+        recreated: path.ctrl.queues_recreated(),
         path,
         ana_event: flag,
         down_since: None,
@@ -182,6 +185,12 @@ fn step_path(ns: &MpNamespace, w: &mut Watched, opts: &ReconnectOptions) -> bool
             }
         }
         CtrlState::Removed | CtrlState::ShutDown | CtrlState::Init => {}
+    }
+    // Queues re-created after a reset: channels that were refused on this path may use it again.
+    let recreated = ctrl.queues_recreated();
+    if recreated != w.recreated {
+        w.recreated = recreated;
+        changed = true;
     }
     let status = w.path.status();
     if status != w.last_status {

@@ -27,7 +27,7 @@ use zerocopy::FromBytes;
 
 use crate::pci::PciFunction;
 use crate::qpair::ring::{Rings, ShadowPages, CQE_SIZE, SQE_SIZE};
-use crate::qpair::{NsInfo, QueueOptions, QueuePair, QueueSetup};
+use crate::qpair::{NsInfo, QueueOptions, QueuePair, QueueSetup, QueueSync};
 use crate::spec::features::{aec, fid, NumberOfQueues};
 use crate::spec::identify::{
     cns, parse_ns_descriptors, parse_nsid_list, IdentifyController, IdentifyNamespace, NsIdentifier,
@@ -183,6 +183,7 @@ struct QueueRecord {
     size: u16,
     sq: Arc<DmaBuf>,
     cq: Arc<DmaBuf>,
+    sync: Arc<QueueSync>,
 }
 
 #[derive(Default)]
@@ -210,6 +211,8 @@ struct Inner {
     events: Mutex<Vec<AsyncEvent>>,
     /// Queue ids of dropped queue pairs, waiting for `service` to delete them.
     released: Arc<Mutex<Vec<u16>>>,
+    /// Queues re-created after resets (see `create_pending_queues`).
+    queues_recreated: std::sync::atomic::AtomicU64,
 }
 
 /// An NVMe controller. Cheap to clone (a handle); the admin side is for the control plane.
@@ -324,6 +327,7 @@ impl Controller {
                 on_event: Mutex::new(None),
                 events: Mutex::new(Vec::new()),
                 released: Arc::new(Mutex::new(Vec::new())),
+                queues_recreated: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         match ctrl.bring_up(true) {
@@ -564,10 +568,9 @@ impl Controller {
             shadow_doorbells: shadow_on,
         });
         if !first {
-            let queues = self.inner.queues.lock().unwrap();
-            for q in &queues.live {
-                self.create_queues_in_device(q)?;
-            }
+            // Queue pairs that already rewound to this epoch get their queues back now; the
+            // others when they have (`create_pending_queues`, on the control plane's next step).
+            self.create_pending_queues()?;
         }
         Ok(())
     }
@@ -818,11 +821,16 @@ impl Controller {
         info: &CtrlInfo,
         opts: QueueOptions,
     ) -> Result<QueuePair, Error> {
+        // The epoch is read before the queues are created: if a reset slips in between, the
+        // queue pair starts in the old epoch, rewinds on first use, and gets its queues back
+        // from the control plane like every other.
+        let epoch = self.inner.shared.load().epoch();
         let rec = QueueRecord {
             qid,
             size,
             sq: Arc::new(self.alloc_dma(size as usize * SQE_SIZE)?),
             cq: Arc::new(self.alloc_dma(size as usize * CQE_SIZE)?),
+            sync: Arc::new(QueueSync::new(epoch)),
         };
         let dstrd = self.inner.cap.dstrd();
         let shadow = if info.shadow_doorbells {
@@ -842,7 +850,7 @@ impl Controller {
             shadow,
         );
         self.create_queues_in_device(&rec)?;
-        let epoch = self.inner.shared.load().epoch();
+        let sync = rec.sync.clone();
         self.inner.queues.lock().unwrap().live.push(rec);
         Ok(QueuePair::new(QueueSetup {
             shared: self.inner.shared.clone(),
@@ -853,7 +861,37 @@ impl Controller {
             epoch,
             opts,
             release: self.inner.released.clone(),
+            sync,
         }))
+    }
+
+    /// Re-creates, after a reset, the queues of every queue pair that has rewound to the current
+    /// epoch (see [`QueueSync`]). Returns how many were created.
+    fn create_pending_queues(&self) -> Result<usize, Error> {
+        let epoch = self.inner.shared.load().epoch();
+        let queues = self.inner.queues.lock().unwrap();
+        let mut n = 0;
+        for q in &queues.live {
+            if q.sync.live() != epoch && q.sync.acked() == epoch {
+                self.create_queues_in_device(q)?;
+                q.sync.set_live(epoch);
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.inner
+                .queues_recreated
+                .fetch_add(n as u64, std::sync::atomic::Ordering::AcqRel);
+        }
+        Ok(n)
+    }
+
+    /// How many queues the control plane has re-created after resets so far. The multipath
+    /// layer watches it to tell channels that a path takes I/O again.
+    pub fn queues_recreated(&self) -> u64 {
+        self.inner
+            .queues_recreated
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn create_queues_in_device(&self, q: &QueueRecord) -> Result<(), Error> {
@@ -878,8 +916,17 @@ impl Controller {
         if dropped.is_empty() {
             return;
         }
+        let epoch = self.inner.shared.load().epoch();
         for qid in dropped {
-            if self.state() == CtrlState::Live {
+            let exists = self
+                .inner
+                .queues
+                .lock()
+                .unwrap()
+                .live
+                .iter()
+                .any(|r| r.qid == qid && r.sync.live() == epoch);
+            if exists && self.state() == CtrlState::Live {
                 if let Err(e) = self
                     .admin(Sqe::delete_io_sq(qid))
                     .and_then(|_| self.admin(Sqe::delete_io_cq(qid)))
@@ -959,6 +1006,11 @@ impl Controller {
             }
         }
         self.delete_dropped_queues();
+        // Queues of queue pairs that have rewound since a reset.
+        if let Err(e) = self.create_pending_queues() {
+            log::warn!("{}: re-creating queues after a reset: {e}", self.name());
+            self.mark_failed(&e);
+        }
         self.state()
     }
 
@@ -1024,6 +1076,7 @@ impl Controller {
     /// [`Error::Timeout`] if SHST does not reach complete; [`Error::DeviceGone`].
     pub fn shutdown(&self) -> Result<(), Error> {
         if self.state() == CtrlState::Live {
+            let epoch = self.inner.shared.load().epoch();
             let qids: Vec<u16> = self
                 .inner
                 .queues
@@ -1031,6 +1084,7 @@ impl Controller {
                 .unwrap()
                 .live
                 .iter()
+                .filter(|q| q.sync.live() == epoch)
                 .map(|q| q.qid)
                 .collect();
             for qid in qids {

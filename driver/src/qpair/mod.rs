@@ -25,6 +25,7 @@ pub mod cid;
 pub mod prp;
 pub mod ring;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use vfnvme_hugepages::{DmaBuf, DmaPool, DomainId};
@@ -298,6 +299,42 @@ struct Group {
     dw0: u32,
 }
 
+/// The handshake between a queue pair and the control plane across a controller reset.
+///
+/// After a reset the device has no I/O queues. The control plane re-creates a queue pair's
+/// queues only once that queue pair has seen the new epoch, failed what it held and rewound its
+/// rings (`acked`); until the queues exist again (`live`), submissions are refused. Otherwise a
+/// queue pair that read the old state just before the reset could ring its old tail into the
+/// re-created queue and make the device execute stale SQEs.
+#[derive(Debug)]
+pub struct QueueSync {
+    acked: AtomicU64,
+    live: AtomicU64,
+}
+
+impl QueueSync {
+    pub(crate) fn new(epoch: u64) -> QueueSync {
+        QueueSync {
+            acked: AtomicU64::new(epoch),
+            live: AtomicU64::new(epoch),
+        }
+    }
+
+    /// The epoch the queue pair has rewound to.
+    pub fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Acquire)
+    }
+
+    /// The epoch in which the device queues exist.
+    pub fn live(&self) -> u64 {
+        self.live.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_live(&self, epoch: u64) {
+        self.live.store(epoch, Ordering::Release);
+    }
+}
+
 /// What a queue pair knows about the controller it belongs to (set at creation).
 pub(crate) struct QueueSetup {
     pub shared: Arc<CtrlShared>,
@@ -309,6 +346,8 @@ pub(crate) struct QueueSetup {
     pub opts: QueueOptions,
     /// Where the queue id goes when the queue pair is dropped (the control plane deletes it).
     pub release: Arc<std::sync::Mutex<Vec<u16>>>,
+    /// Reset handshake with the control plane.
+    pub sync: Arc<QueueSync>,
 }
 
 /// A polled I/O queue pair. See the module docs.
@@ -332,6 +371,7 @@ pub struct QueuePair {
     /// Commands completed by a reset or removal, delivered by the next poll.
     failed: Vec<Completion>,
     release: Arc<std::sync::Mutex<Vec<u16>>>,
+    sync: Arc<QueueSync>,
     _not_sync: std::marker::PhantomData<std::cell::Cell<()>>,
 }
 
@@ -368,6 +408,7 @@ impl QueuePair {
             next_scan_ns: crate::clock::now_ns() + SCAN_INTERVAL_NS,
             failed: Vec::new(),
             release: s.release,
+            sync: s.sync,
             _not_sync: std::marker::PhantomData,
         }
     }
@@ -420,7 +461,13 @@ impl QueuePair {
             self.resync(w.epoch(), w.state());
         }
         match w.state() {
-            CtrlState::Live => Ok(()),
+            CtrlState::Live if self.sync.live() == self.epoch => Ok(()),
+            // Live, but the control plane has not re-created this queue after a reset yet.
+            CtrlState::Live => Err(SubmitError::NotReady {
+                ctrl: self.shared.name.clone(),
+                qid: self.qid(),
+                state: CtrlState::Resetting,
+            }),
             CtrlState::Removed => Err(SubmitError::DeviceGone {
                 ctrl: self.shared.name.clone(),
                 qid: self.qid(),
@@ -452,6 +499,8 @@ impl QueuePair {
         }
         self.rings.reset();
         self.epoch = epoch;
+        // Only now may the control plane re-create the queues in the device.
+        self.sync.acked.store(epoch, Ordering::Release);
     }
 
     /// Checks a data range and returns its IOVA.

@@ -75,6 +75,21 @@ fn wait(qp: &mut QueuePair, ctrl: &Controller, n: usize, secs: u64) -> Vec<Compl
     out
 }
 
+/// Submits, stepping the control plane while the queue waits to be re-created after a reset
+/// (submissions are refused with `NotReady` until then).
+fn until_ready(ctrl: &Controller, mut submit: impl FnMut() -> Result<(), SubmitError>) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match submit() {
+            Ok(()) => return,
+            Err(SubmitError::NotReady { .. }) if Instant::now() < deadline => {
+                ctrl.service();
+            }
+            Err(e) => panic!("submission refused: {e}"),
+        }
+    }
+}
+
 #[test]
 fn bring_up_identifies_the_controller() {
     let r = rig();
@@ -323,7 +338,7 @@ fn bad_completions_are_reported_and_the_queue_survives() {
     let c = wait(&mut qp, &r.ctrl, 1, 10);
     assert_eq!((c[0].tag, c[0].outcome), (1, Outcome::TimedOut));
     // Duplicate: the device posts the cid of a command that already completed.
-    qp.read(&r.ns, 0, 8, &buf, 0, 2).unwrap();
+    until_ready(&r.ctrl, || qp.read(&r.ns, 0, 8, &buf, 0, 2));
     qp.ring();
     let done_cid = qp.rings.peek_cqe().expect("inline sim completed it").cid;
     let c = wait(&mut qp, &r.ctrl, 1, 5);
@@ -342,7 +357,7 @@ fn bad_completions_are_reported_and_the_queue_survives() {
     assert_eq!(wait(&mut qp, &r.ctrl, 1, 10)[0].outcome, Outcome::TimedOut);
     // The queue keeps working.
     for t in 0..100 {
-        qp.read(&r.ns, t, 8, &buf, 0, t).unwrap();
+        until_ready(&r.ctrl, || qp.read(&r.ns, t, 8, &buf, 0, t));
         let c = wait(&mut qp, &r.ctrl, 1, 5);
         assert_eq!((c[0].tag, c[0].outcome.is_success()), (t, true));
     }
@@ -371,7 +386,7 @@ fn dropped_command_times_out_then_abort_then_reset() {
         "reset recovered the controller"
     );
     // The queue pair works after the reset (its queues were re-created).
-    qp.read(&r.ns, 0, 8, &buf, 0, 78).unwrap();
+    until_ready(&r.ctrl, || qp.read(&r.ns, 0, 8, &buf, 0, 78));
     assert!(wait(&mut qp, &r.ctrl, 1, 5)[0].outcome.is_success());
 }
 
@@ -402,7 +417,7 @@ fn one_dropped_command_among_busy_ones_still_times_out() {
     while lost.is_none() {
         while qp.in_flight() < 8 {
             tag += 1;
-            qp.read(&r.ns, tag % 256, 8, &buf, 0, tag).unwrap();
+            until_ready(&r.ctrl, || qp.read(&r.ns, tag % 256, 8, &buf, 0, tag));
         }
         qp.poll(64, |c| {
             if c.tag == LOST {
@@ -446,9 +461,35 @@ fn controller_fatal_status_leads_to_reset_and_recovery() {
     let c = wait(&mut qp, &r.ctrl, 1, 5);
     assert_eq!((c[0].tag, c[0].outcome), (2, Outcome::Reset));
     let rb = r.pool.alloc(4096, 4096).unwrap();
-    qp.read(&r.ns, 10, 8, &rb, 0, 3).unwrap();
+    until_ready(&r.ctrl, || qp.read(&r.ns, 10, 8, &rb, 0, 3));
     assert!(wait(&mut qp, &r.ctrl, 1, 5)[0].outcome.is_success());
     assert!(buf.equal(0, &rb, 0, 4096), "data survived the reset");
+}
+
+#[test]
+fn a_reset_never_lets_stale_sqes_into_the_recreated_queue() {
+    // Arrange: a write is queued in the SQ but its doorbell not yet rung when the controller
+    // fails and is reset by the control plane.
+    let r = rig();
+    let mut qp = r.ctrl.io_queue_pair(QueueOptions::default()).unwrap();
+    let buf = r.pool.alloc(4096, 4096).unwrap();
+    pattern(&buf, 1);
+    let writes = || r.sim.controller(0).stats().io(NvmOpcode::WRITE.0);
+    qp.write(&r.ns, 300, 8, &buf, 0, 1).unwrap();
+    r.sim.controller(0).faults().set_cfs();
+    assert_eq!(r.ctrl.service(), CtrlState::Live);
+    // Act: the queue pair's next calls.
+    let e = qp.read(&r.ns, 0, 8, &buf, 0, 2).unwrap_err();
+    let c = wait(&mut qp, &r.ctrl, 1, 5);
+    // Assert: the stale write was failed, never rung into the new queue, and the queue was
+    // refused until the control plane had re-created it after the queue pair rewound.
+    assert!(matches!(e, SubmitError::NotReady { .. }), "{e}");
+    assert_eq!((c[0].tag, c[0].outcome), (1, Outcome::Reset));
+    assert_eq!(writes(), 0, "the stale SQE was never executed");
+    until_ready(&r.ctrl, || qp.read(&r.ns, 0, 8, &buf, 0, 3));
+    assert!(wait(&mut qp, &r.ctrl, 1, 5)[0].outcome.is_success());
+    assert_eq!(writes(), 0);
+    assert!(r.ctrl.queues_recreated() >= 1);
 }
 
 #[test]
