@@ -283,4 +283,52 @@ mod loom_tests {
             );
         });
     }
+
+    /// The queue re-creation handshake ([`crate::qpair::QueueSync`]): the control plane resets
+    /// and re-creates the queue only once the queue pair has rewound to the new epoch; the queue
+    /// pair rings only into a queue that exists in the epoch its commands were submitted in.
+    /// Without the handshake (re-creating at once), an I/O thread that checked the old state just
+    /// before the reset rings its old tail into the new queue, which this model finds.
+    #[test]
+    fn loom_recreated_queue_never_gets_stale_commands() {
+        use crate::qpair::QueueSync;
+        loom::model(|| {
+            let shared = Arc::new(CtrlShared::new("loom".into()));
+            assert!(shared.transition(CtrlState::Live, false));
+            let sync = Arc::new(QueueSync::new(0));
+            let create_if_acked = |s: &CtrlShared, q: &QueueSync| {
+                let e = s.load().epoch();
+                if q.acked() == e && q.live() != e {
+                    q.set_live(e);
+                }
+            };
+            let (s2, q2) = (shared.clone(), sync.clone());
+            let cp = loom::thread::spawn(move || {
+                assert!(s2.transition(CtrlState::Resetting, false));
+                s2.bump_epoch(); // the device dropped its queues
+                create_if_acked(&s2, &q2); // bring-up: only queues already rewound
+                assert!(s2.transition(CtrlState::Live, false));
+                create_if_acked(&s2, &q2); // the next service step
+            });
+            let mut my_epoch = 0;
+            for _ in 0..3 {
+                let w = shared.load();
+                if w.epoch() != my_epoch {
+                    my_epoch = w.epoch(); // fail what is held, rewind the rings
+                    sync.set_acked(my_epoch);
+                }
+                if w.state() == CtrlState::Live && sync.live() == my_epoch {
+                    // The control plane may run between the check and the doorbell write.
+                    loom::thread::yield_now();
+                    // Ring the doorbell: the device queue must be the one of this epoch.
+                    assert_eq!(
+                        sync.live(),
+                        my_epoch,
+                        "stale commands rung into a new queue"
+                    );
+                }
+            }
+            cp.join().unwrap();
+        });
+    }
 }

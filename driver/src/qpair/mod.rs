@@ -25,8 +25,12 @@ pub mod cid;
 pub mod prp;
 pub mod ring;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+#[cfg(loom)]
+use loom::sync::atomic::{AtomicU64, Ordering};
+#[cfg(not(loom))]
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use vfnvme_hugepages::{DmaBuf, DmaPool, DomainId};
 
@@ -333,6 +337,10 @@ impl QueueSync {
     pub(crate) fn set_live(&self, epoch: u64) {
         self.live.store(epoch, Ordering::Release);
     }
+
+    pub(crate) fn set_acked(&self, epoch: u64) {
+        self.acked.store(epoch, Ordering::Release);
+    }
 }
 
 /// What a queue pair knows about the controller it belongs to (set at creation).
@@ -500,7 +508,7 @@ impl QueuePair {
         self.rings.reset();
         self.epoch = epoch;
         // Only now may the control plane re-create the queues in the device.
-        self.sync.acked.store(epoch, Ordering::Release);
+        self.sync.set_acked(epoch);
     }
 
     /// Checks a data range and returns its IOVA.
