@@ -167,7 +167,8 @@ fn backend(bdf: Bdf, op: &'static str, detail: String) -> Error {
     }
 }
 
-fn link_name(p: &Path) -> Option<String> {
+/// The last component of the symlink at `p` (a driver or an IOMMU group), if it is one.
+pub fn link_name(p: &Path) -> Option<String> {
     std::fs::read_link(p)
         .ok()?
         .file_name()?

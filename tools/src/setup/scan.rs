@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
+use vfnvme::pci::sysfs::link_name;
 
 use serde_json::{json, Value};
 use vfnvme::pci::sysfs::Bdf;
@@ -154,14 +155,6 @@ pub struct Status {
 
 fn hex16(s: Option<String>) -> Option<u16> {
     s.and_then(|s| u16::from_str_radix(s.trim_start_matches("0x"), 16).ok())
-}
-
-fn link_name(p: &Path) -> Option<String> {
-    std::fs::read_link(p)
-        .ok()?
-        .file_name()?
-        .to_str()
-        .map(str::to_string)
 }
 
 /// Parses `/proc/mounts` text.
