@@ -2,10 +2,9 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use vfnvme::pci::sysfs::link_name;
 
 use serde_json::{json, Value};
-use vfnvme::pci::sysfs::Bdf;
+use vfnvme::pci::sysfs::{link_name, Bdf};
 use vfnvme_hugepages::sysfs::{hugepages_per_node_at, hugetlbfs_mounts_in, NodeHugepages};
 
 use super::Host;
