@@ -13,7 +13,8 @@
 //! a tag is what the caller indexes its own table with.
 //!
 //! # Per-command host memory
-//! A command costs one [`Tracker`] (32 bytes) in the command-id table. PRP list pages come from
+//! A command costs one 32-byte slot of the command-id table (a 24-byte [`Tracker`] plus its
+//! generation and busy flag; the design allows 256). PRP list pages come from
 //! a per-queue pool and are taken only for transfers that span more than two pages.
 //!
 //! # Errors
@@ -67,7 +68,7 @@ impl Default for Tracker {
     }
 }
 
-const _: () = assert!(std::mem::size_of::<Tracker>() <= 256);
+const _: () = assert!(std::mem::size_of::<Tracker>() == 24);
 
 /// How a command ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
