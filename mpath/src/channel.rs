@@ -140,8 +140,9 @@ pub struct ChannelStats {
 enum Held {
     /// The slot is free.
     Empty,
-    /// A descriptor that owns its buffers (given back in the completion).
-    Owned(IoDesc),
+    /// A descriptor that owns its buffers (given back in the completion), kept in
+    /// `Channel::owned` so that this enum stays small enough to be written without a `memcpy`.
+    Owned,
     /// A command on a registered buffer (`Channel::register_buffers`): nothing moves in or out.
     Fixed {
         /// What to do.
@@ -156,18 +157,6 @@ enum Held {
 impl Held {
     fn is_live(&self) -> bool {
         !matches!(self, Held::Empty)
-    }
-
-    fn idempotent(&self) -> bool {
-        match self {
-            Held::Empty => false,
-            Held::Owned(d) => d.idempotent(),
-            Held::Fixed { kind, .. } => match kind {
-                IoKind::Read { .. } => true,
-                IoKind::Write { .. } => false,
-                IoKind::Passthru { idempotent, .. } => *idempotent,
-            },
-        }
     }
 }
 
@@ -200,6 +189,8 @@ pub struct Channel {
     slots: Vec<Slot>,
     /// The retained descriptor of each live slot.
     descs: Vec<Held>,
+    /// Descriptors that own their buffers, by slot (`Held::Owned`).
+    owned: Vec<Option<IoDesc>>,
     /// Buffers registered for `submit_fixed`.
     fixed_bufs: Arc<[DmaBuf]>,
     free: Vec<u32>,
@@ -283,6 +274,7 @@ impl Channel {
             generation: u64::MAX,
             slots: vec![Slot::default(); slots],
             descs: (0..slots).map(|_| Held::Empty).collect(),
+            owned: (0..slots).map(|_| None).collect(),
             fixed_bufs: Arc::from(Vec::new()),
             free: (0..slots as u32).rev().collect(),
             requeue: RequeueRing::new(slots),
@@ -431,7 +423,10 @@ impl Channel {
     #[inline]
     fn issue(&mut self, p: usize, slot: u32) -> Result<(), SubmitError> {
         let (kind, data, md) = match &self.descs[slot as usize] {
-            Held::Owned(d) => (d.kind, d.data.as_ref(), d.metadata.as_ref()),
+            Held::Owned => {
+                let d = self.owned[slot as usize].as_ref().expect("owned slot");
+                (d.kind, d.data.as_ref(), d.metadata.as_ref())
+            }
             Held::Fixed { kind, buf, .. } => (*kind, self.fixed_bufs.get(*buf as usize), None),
             Held::Empty => unreachable!("issued slot is live"),
         };
@@ -475,12 +470,11 @@ impl Channel {
                 desc,
             }));
         };
-        self.descs[slot as usize] = Held::Owned(desc);
+        self.owned[slot as usize] = Some(desc);
+        self.descs[slot as usize] = Held::Owned;
         self.start(slot).map_err(|reason| {
-            let Held::Owned(desc) = std::mem::replace(&mut self.descs[slot as usize], Held::Empty)
-            else {
-                unreachable!("just stored")
-            };
+            self.descs[slot as usize] = Held::Empty;
+            let desc = self.owned[slot as usize].take().expect("just stored");
             Box::new(Refused { reason, desc })
         })
     }
@@ -647,7 +641,17 @@ impl Channel {
             _ => {}
         }
         let now = self.now_ns();
-        let idempotent = self.descs[slot as usize].idempotent();
+        let idempotent = match &self.descs[slot as usize] {
+            Held::Empty => false,
+            Held::Owned => self.owned[slot as usize]
+                .as_ref()
+                .is_some_and(|d| d.idempotent()),
+            Held::Fixed { kind, .. } => match kind {
+                IoKind::Read { .. } => true,
+                IoKind::Write { .. } => false,
+                IoKind::Passthru { idempotent, .. } => *idempotent,
+            },
+        };
         let s = &mut self.slots[slot as usize];
         match d {
             Disposition::Retry { delay_ms } => {
@@ -698,7 +702,7 @@ impl Channel {
         f: &mut impl FnMut(MpCompletion),
     ) {
         // A fixed command's fields are copied out and the slot marked empty in place; only an
-        // owned descriptor is moved out (its buffers go back to the caller).
+        // owned descriptor is moved out of `owned` (its buffers go back to the caller).
         let fixed = match self.descs[slot as usize] {
             Held::Fixed { buf, tag, .. } => Some((buf, tag)),
             _ => None,
@@ -709,10 +713,10 @@ impl Channel {
                 (tag, None, None, Some(buf))
             }
             None => {
-                let Held::Owned(d) = std::mem::replace(&mut self.descs[slot as usize], Held::Empty)
-                else {
-                    unreachable!("completed slot is live")
-                };
+                self.descs[slot as usize] = Held::Empty;
+                let d = self.owned[slot as usize]
+                    .take()
+                    .expect("completed slot is live");
                 (d.tag, d.data, d.metadata, None)
             }
         };

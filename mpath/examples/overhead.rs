@@ -1,0 +1,101 @@
+//! The common-path cost of a multipath channel against a bare queue pair, without a benchmark
+//! tool around them: `N` 4 KiB reads at queue depth 32 on the inline simulator's null namespace,
+//! through a `QueuePair` or a `Channel` (registered buffers). Meant for instruction counts:
+//! `valgrind --tool=callgrind target/release/examples/overhead {qp|ch} N`, twice with different
+//! `N`, difference divided by the difference of `N`.
+
+use std::sync::Arc;
+
+use vfnvme::sim::{NsConfig, SimSubsystem};
+use vfnvme::{Controller, ControllerOptions, QueueOptions};
+use vfnvme_hugepages::{DmaBuf, DmaPool, PagePolicy};
+use vfnvme_mpath::{Channel, ChannelOptions, IoKind, Subsystem};
+
+const QD: usize = 32;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mode = args.next().unwrap_or_else(|| "ch".into());
+    let n: u64 = args
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let sim = SimSubsystem::builder()
+        .controllers(1)
+        .namespace(NsConfig::null(1, 1 << 30))
+        .build();
+    let pool = DmaPool::new(PagePolicy::Small);
+    let ctrl = Controller::open(
+        sim.controller(0),
+        pool.clone(),
+        ControllerOptions::default(),
+    )
+    .unwrap();
+    let bufs: Vec<DmaBuf> = (0..QD).map(|_| pool.alloc(4096, 4096).unwrap()).collect();
+    let mut done = 0u64;
+    let mut sent = 0u64;
+    if mode == "qp" {
+        let ns = ctrl.namespace(1).unwrap().info;
+        let mut qp = ctrl.io_queue_pair(QueueOptions::default()).unwrap();
+        for (i, b) in bufs.iter().enumerate() {
+            qp.read(&ns, i as u64, 1, b, 0, i as u64).unwrap();
+            sent += 1;
+        }
+        let mut ready = Vec::with_capacity(QD);
+        while done < n {
+            qp.poll(QD, |c| ready.push(c.tag)).unwrap();
+            for t in ready.drain(..) {
+                done += 1;
+                if sent < n {
+                    qp.read(&ns, sent & 0xffff, 1, &bufs[t as usize], 0, t)
+                        .unwrap();
+                    sent += 1;
+                }
+            }
+        }
+    } else {
+        let ns = Subsystem::group(vec![ctrl])
+            .unwrap()
+            .remove(0)
+            .namespace(1)
+            .unwrap();
+        let mut ch = Channel::new(
+            &ns,
+            ChannelOptions {
+                slots: QD,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let shared: Arc<[DmaBuf]> = bufs.into();
+        ch.register_buffers(shared).unwrap();
+        for i in 0..QD {
+            ch.submit_fixed(
+                IoKind::Read {
+                    lba: i as u64,
+                    blocks: 1,
+                },
+                i as u32,
+                i as u64,
+            )
+            .unwrap();
+            sent += 1;
+        }
+        let mut ready = Vec::with_capacity(QD);
+        while done < n {
+            ch.poll(QD, |c| ready.push(c.tag));
+            for t in ready.drain(..) {
+                done += 1;
+                if sent < n {
+                    let kind = IoKind::Read {
+                        lba: sent & 0xffff,
+                        blocks: 1,
+                    };
+                    ch.submit_fixed(kind, t as u32, t).unwrap();
+                    sent += 1;
+                }
+            }
+        }
+    }
+    println!("{mode}: {done} I/Os");
+}
