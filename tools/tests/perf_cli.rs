@@ -157,27 +157,32 @@ fn help_has_examples() {
 
 #[test]
 fn ctrl_c_stops_the_run_and_prints_the_results_so_far() {
+    use std::io::{BufRead, Read};
     // Arrange: a run that would take a minute.
-    let child = Command::new(env!("CARGO_BIN_EXE_vfnvme-perf"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vfnvme-perf"))
         .args(["-t", "60"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Act: SIGINT once the run is under way (the handler is installed before the cores start;
-    // an early signal would only end the run sooner).
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Wait for the first progress line: the run is under way, so the handler is installed.
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    err.read_line(&mut first).unwrap();
+    // Act: SIGINT.
     let killed = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
     let o = child.wait_with_output().unwrap();
     // Assert: it stopped long before 60 s, drained, and printed the table.
-    let (out, err) = text(&o);
-    assert!(o.status.success(), "{err}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{first}{rest}");
     assert!(out.contains("Total"), "{out}");
-    assert!(err.contains("interrupted"), "{err}");
+    assert!(rest.contains("interrupted"), "{first}{rest}");
 }
 
 #[test]
