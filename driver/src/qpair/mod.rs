@@ -592,12 +592,26 @@ impl QueuePair {
         }
         let nlists = prp::list_pages_needed(pages);
         let head = self.take_prp_lists(nlists)?;
-        let mut chain = Vec::with_capacity(nlists);
+        // The list pages in chain order. Up to 16 of them (transfers to ~32 MiB) sit on the
+        // stack, so the I/O path does not allocate; longer chains are rare enough for a Vec.
+        let mut small = [NONE; 16];
+        let mut large = Vec::new();
         let mut i = head;
+        let mut k = 0;
         while i != NONE {
-            chain.push(i);
+            if nlists <= small.len() {
+                small[k] = i;
+            } else {
+                large.push(i);
+            }
+            k += 1;
             i = self.prp_next[i as usize];
         }
+        let chain: &[u16] = if nlists <= small.len() {
+            &small[..nlists]
+        } else {
+            &large
+        };
         let domain = self.domain;
         let pages_ref = &self.prp_pages;
         let list_iova = |k: usize| {

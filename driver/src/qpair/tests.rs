@@ -745,3 +745,36 @@ mod device_answers {
         }
     }
 }
+
+#[test]
+fn chained_prp_lists_on_a_controller_without_mdts() {
+    // Arrange: no transfer limit, so a command is bounded only by NLB (65536 blocks, 32 MiB at
+    // 512 B) and its PRP lists chain: 4 MiB needs 3 list pages; 34 MiB goes as 32 MiB (17 list
+    // pages, past the 16 kept on the stack) plus 2 MiB.
+    let r = rig_with(
+        SimSubsystem::builder()
+            .controllers(1)
+            .mdts(0)
+            .namespace(NsConfig::ram(1, 40 << 20)),
+    );
+    assert_eq!(r.ctrl.info().mdts_bytes, u64::MAX);
+    let mut qp = r.ctrl.io_queue_pair(QueueOptions::default()).unwrap();
+    for (i, len) in [4usize << 20, 34 << 20].into_iter().enumerate() {
+        let wbuf = r.pool.alloc(len + 512, 4096).unwrap();
+        let rbuf = r.pool.alloc(len + 512, 4096).unwrap();
+        pattern(&wbuf, 40 + i as u64);
+        // Act: a write and a read with an unaligned first page.
+        let blocks = (len / 512) as u32;
+        qp.write(&r.ns, 0, blocks, &wbuf, 512, 1).unwrap();
+        assert!(wait(&mut qp, &r.ctrl, 1, 10)[0].outcome.is_success());
+        qp.read(&r.ns, 0, blocks, &rbuf, 512, 2).unwrap();
+        assert!(wait(&mut qp, &r.ctrl, 1, 10)[0].outcome.is_success());
+        // Assert: the data made the round trip.
+        assert!(wbuf.equal(512, &rbuf, 512, len), "{len} bytes");
+    }
+    assert_eq!(
+        r.sim.controller(0).stats().io(NvmOpcode::WRITE.0),
+        1 + 2,
+        "split only at the NLB limit"
+    );
+}
