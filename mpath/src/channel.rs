@@ -203,8 +203,6 @@ pub struct Channel {
     /// changes; the common-case pick reads only this.
     tier: Vec<usize>,
     tier_dirty: bool,
-    rr_pos: usize,
-    rr_run: u32,
 }
 
 /// What the channel needs to know about one path's controller.
@@ -284,8 +282,6 @@ impl Channel {
             stats: ChannelStats::default(),
             tier: Vec::with_capacity(n),
             tier_dirty: true,
-            rr_pos: 0,
-            rr_run: 0,
         };
         ch.refresh();
         Ok(ch)
@@ -367,19 +363,7 @@ impl Channel {
             self.rebuild_tier();
         }
         if let Policy::RoundRobin { min_ios } = self.opts.policy {
-            let n = self.tier.len();
-            if n == 0 {
-                return None;
-            }
-            if self.rr_run >= min_ios.max(1) {
-                self.rr_run = 0;
-                self.rr_pos += 1;
-            }
-            if self.rr_pos >= n {
-                self.rr_pos = 0;
-            }
-            self.rr_run += 1;
-            return Some(self.tier[self.rr_pos]);
+            return self.selector.round_robin(&self.tier, min_ios);
         }
         self.pick(None)
     }

@@ -58,6 +58,26 @@ pub struct Selector {
 }
 
 impl Selector {
+    /// Round-robin over `tier` (the usable paths of the best ANA tier, in ascending order) with
+    /// at least `min_ios` commands per turn: the channel's common-case pick. It shares its state
+    /// with [`Selector::pick`], so both take turns in the same order.
+    #[inline]
+    pub fn round_robin(&mut self, tier: &[usize], min_ios: u32) -> Option<usize> {
+        let first = *tier.first()?;
+        if self.run < min_ios.max(1) && tier.contains(&self.current) {
+            self.run += 1;
+            return Some(self.current);
+        }
+        let next = tier
+            .iter()
+            .copied()
+            .find(|&i| i > self.current)
+            .unwrap_or(first);
+        self.current = next;
+        self.run = 1;
+        Some(next)
+    }
+
     /// Picks a path among `status` (one per path) given in-flight counts, or `None` if no path is
     /// usable. `exclude` is skipped when another usable path exists (the path a command just failed
     /// on).
@@ -161,6 +181,22 @@ mod tests {
             })
             .collect();
         assert_eq!(picks, vec![0, 0, 1, 1, 0, 0]);
+    }
+
+    #[test]
+    fn tier_round_robin_takes_the_same_turns_as_the_general_pick() {
+        let mut a = Selector::default();
+        let mut b = Selector::default();
+        let p = Policy::RoundRobin { min_ios: 2 };
+        for _ in 0..7 {
+            assert_eq!(
+                a.round_robin(&[0, 1], 2),
+                b.pick(p, &[Optimized, Optimized], &[0, 0], None)
+            );
+        }
+        assert_eq!(a.round_robin(&[], 1), None);
+        // A path leaving the tier is skipped at once.
+        assert_eq!(a.round_robin(&[1], 5), Some(1));
     }
 
     #[test]
