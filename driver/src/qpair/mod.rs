@@ -669,12 +669,10 @@ impl QueuePair {
                 }
             }
         }
-        // The clock is read every 64 submissions, and always when the queue was idle (its last
-        // reading may be old), so that a deadline is never stamped from a stale time.
-        self.ticks = self.ticks.wrapping_add(1);
-        if self.ticks.is_multiple_of(64) || self.cids.in_flight() == 0 {
-            self.refresh_clock();
-        }
+        // Every deadline is stamped from a fresh reading (one TSC read): a reading kept from an
+        // earlier call could be arbitrarily old if the thread was preempted in between, and an
+        // early deadline means a spurious timeout, abort and controller reset.
+        self.refresh_clock();
         let timeout_ns = if timeout_ms == 0 {
             self.timeout_ns
         } else {
