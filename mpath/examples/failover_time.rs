@@ -77,7 +77,7 @@ fn run(kind: &str) -> (Duration, Option<Duration>) {
         let mut done_on_1 = false;
         ch.poll(64, |c| {
             assert!(c.result.is_ok(), "{:?}", c.result);
-            free.push(c.data.unwrap());
+            free.push(c.data.take().unwrap());
         });
         if fault_at.is_some() && reads_on_1(&c1) > base1 {
             done_on_1 = true;

@@ -18,7 +18,7 @@ use vfnvme::qpair::{DataRef, SubmitError};
 use vfnvme::spec::log::AnaState;
 use vfnvme::spec::status::{path as path_sc, sct};
 use vfnvme::spec::Status;
-use vfnvme::{Completion, NsInfo, Outcome, QueueOptions, QueuePair};
+use vfnvme::{Completion, NsInfo, Outcome, PassthruCmd, QueueOptions, QueuePair};
 use vfnvme_hugepages::DmaBuf;
 
 use crate::desc::{IoDesc, IoKind};
@@ -84,7 +84,9 @@ pub enum IoError {
     Refused(String),
 }
 
-/// A finished command: its tag, result (CQE dword 0 on success), and its buffers back.
+/// A finished command: its tag, result (CQE dword 0 on success), and its buffers back. It is
+/// lent to the callback of [`Channel::poll`]: take the buffers to keep with `Option::take`; what
+/// is left is dropped when the callback returns.
 #[derive(Debug)]
 pub struct MpCompletion {
     /// Caller's tag.
@@ -97,6 +99,25 @@ pub struct MpCompletion {
     pub metadata: Option<DmaBuf>,
     /// The registered buffer, for a command from [`Channel::submit_fixed`].
     pub buf_index: Option<u32>,
+}
+
+impl MpCompletion {
+    /// Drops what the callback left, without a drop call in the common case (nothing left to
+    /// drop): the checks are inline and the drop glue runs only when something is there.
+    #[inline]
+    fn release(self) {
+        if self.result.is_ok() && self.data.is_none() && self.metadata.is_none() {
+            std::mem::forget(self);
+        } else {
+            drop_slow(self);
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn drop_slow(c: MpCompletion) {
+    drop(c);
 }
 
 /// A command refused at submission, with its descriptor back.
@@ -136,44 +157,72 @@ pub struct ChannelStats {
     pub bad_completions: u64,
 }
 
-/// What a slot retains to rebuild its command.
+/// What a slot retains to rebuild its command. Small and `Copy`, so that the common case — a
+/// read or write on a registered buffer — is stored in a few register writes and read back the
+/// same way; larger commands keep their body in a side table indexed by slot.
+#[derive(Clone, Copy)]
 enum Held {
     /// The slot is free.
     Empty,
     /// A descriptor that owns its buffers (given back in the completion), kept in
-    /// `Channel::owned` so that this enum stays small enough to be written without a `memcpy`.
+    /// `Channel::owned`.
     Owned,
-    /// A command on a registered buffer (`Channel::register_buffers`): nothing moves in or out.
-    Fixed {
-        /// What to do.
-        kind: IoKind,
+    /// A read or write on a registered buffer (`Channel::register_buffers`): the first `blocks`
+    /// blocks of buffer `buf`; nothing moves in or out.
+    FixedRw {
+        /// A write (else a read).
+        write: bool,
+        /// First block.
+        lba: u64,
+        /// Blocks.
+        blocks: u32,
         /// Index into the registered buffers.
         buf: u32,
         /// Caller's tag.
         tag: u64,
     },
+    /// A passthrough command on a registered buffer; its dwords are in `Channel::fixed_cmds`.
+    FixedPassthru {
+        /// Index into the registered buffers.
+        buf: u32,
+        /// Caller's tag.
+        tag: u64,
+        /// Safe to resend at once after a path failure.
+        idempotent: bool,
+    },
 }
 
-impl Held {
-    fn is_live(&self) -> bool {
-        !matches!(self, Held::Empty)
-    }
-}
-
-/// Per-command state beside the descriptor (kept apart so that the descriptor is moved once in
-/// and once out, and this small part is rewritten in place).
-#[derive(Clone, Copy, Default)]
-struct Slot {
+/// Everything a channel keeps for one command: what to rebuild it from, where it went, and its
+/// retry and failover state. One record, written once at submission.
+#[derive(Clone, Copy)]
+struct Entry {
+    held: Held,
     /// Path it is on (or last failed on).
     path: u16,
     retries: u8,
     failovers: u8,
     /// Resend on this path (a same-path retry).
     retry_same: bool,
-    /// Earliest resend time (ns on `vfnvme::clock`).
+    /// Earliest resend time (ns on `vfnvme::clock`); set when the command is requeued.
     not_before_ns: u64,
-    /// Fast-fail deadline while waiting for a path.
+    /// Fast-fail deadline while waiting for a path; set when the command is requeued.
     deadline_ns: u64,
+}
+
+impl Entry {
+    const EMPTY: Entry = Entry {
+        held: Held::Empty,
+        path: 0,
+        retries: 0,
+        failovers: 0,
+        retry_same: false,
+        not_before_ns: 0,
+        deadline_ns: 0,
+    };
+
+    fn is_live(&self) -> bool {
+        !matches!(self.held, Held::Empty)
+    }
 }
 
 /// A per-core handle on a multipath namespace. `Send`, not `Sync`.
@@ -186,11 +235,12 @@ pub struct Channel {
     status: Vec<PathStatus>,
     in_flight: Vec<usize>,
     generation: u64,
-    slots: Vec<Slot>,
-    /// The retained descriptor of each live slot.
-    descs: Vec<Held>,
+    /// One record per slot.
+    entries: Vec<Entry>,
     /// Descriptors that own their buffers, by slot (`Held::Owned`).
     owned: Vec<Option<IoDesc>>,
+    /// Passthrough commands on registered buffers, by slot (`Held::FixedPassthru`).
+    fixed_cmds: Vec<PassthruCmd>,
     /// Buffers registered for `submit_fixed`.
     fixed_bufs: Arc<[DmaBuf]>,
     free: Vec<u32>,
@@ -270,9 +320,9 @@ impl Channel {
             status: vec![PathStatus::Waiting; n],
             in_flight: vec![0; n],
             generation: u64::MAX,
-            slots: vec![Slot::default(); slots],
-            descs: (0..slots).map(|_| Held::Empty).collect(),
+            entries: vec![Entry::EMPTY; slots],
             owned: (0..slots).map(|_| None).collect(),
+            fixed_cmds: vec![PassthruCmd::default(); slots],
             fixed_bufs: Arc::from(Vec::new()),
             free: (0..slots as u32).rev().collect(),
             requeue: RequeueRing::new(slots),
@@ -304,7 +354,7 @@ impl Channel {
 
     /// Commands held (in flight or waiting to be resent).
     pub fn outstanding(&self) -> usize {
-        self.slots.len() - self.free.len()
+        self.entries.len() - self.free.len()
     }
 
     /// Commands in flight on each path (for tests and tools).
@@ -406,37 +456,97 @@ impl Channel {
     /// Builds and queues the command of `slot` on path `p`.
     #[inline]
     fn issue(&mut self, p: usize, slot: u32) -> Result<(), SubmitError> {
-        let (kind, data, md) = match &self.descs[slot as usize] {
-            Held::Owned => {
-                let d = self.owned[slot as usize].as_ref().expect("owned slot");
-                (d.kind, d.data.as_ref(), d.metadata.as_ref())
-            }
-            Held::Fixed { kind, buf, .. } => (*kind, self.fixed_bufs.get(*buf as usize), None),
-            Held::Empty => unreachable!("issued slot is live"),
-        };
+        if let Held::FixedRw {
+            write,
+            lba,
+            blocks,
+            buf,
+            ..
+        } = self.entries[slot as usize].held
+        {
+            return self.send_rw(p, slot, write, lba, blocks, buf);
+        }
         let qp = self.qps[p].as_mut().expect("picked path has a queue pair");
         let info = &self.params[p].info;
         let tag = slot as u64;
-        let r = match kind {
-            IoKind::Read { lba, blocks } => {
-                let buf = data.expect("read has a buffer");
-                qp.read(info, lba, blocks, buf, 0, tag)
+        let r = match self.entries[slot as usize].held {
+            Held::FixedRw { .. } => unreachable!("sent above"),
+            Held::FixedPassthru { buf, .. } => {
+                let cmd = self.fixed_cmds[slot as usize];
+                let data = self.fixed_bufs.get(buf as usize);
+                Self::issue_passthru(qp, info, cmd, data, None, tag)
             }
-            IoKind::Write { lba, blocks } => {
-                let buf = data.expect("write has a buffer");
-                qp.write(info, lba, blocks, buf, 0, tag)
-            }
-            IoKind::Passthru { mut cmd, .. } => {
-                if cmd.nsid != 0 && cmd.nsid != u32::MAX {
-                    cmd.nsid = info.nsid;
+            Held::Owned => {
+                let d = self.owned[slot as usize].as_ref().expect("owned slot");
+                let (data, md) = (d.data.as_ref(), d.metadata.as_ref());
+                match d.kind {
+                    IoKind::Read { lba, blocks } => {
+                        qp.read(info, lba, blocks, data.expect("read has a buffer"), 0, tag)
+                    }
+                    IoKind::Write { lba, blocks } => {
+                        qp.write(info, lba, blocks, data.expect("write has a buffer"), 0, tag)
+                    }
+                    IoKind::Passthru { cmd, .. } => {
+                        Self::issue_passthru(qp, info, cmd, data, md, tag)
+                    }
                 }
-                qp.passthru(&cmd, data.map(DataRef::whole), md.map(DataRef::whole), tag)
             }
+            Held::Empty => unreachable!("issued slot is live"),
         };
         if r.is_ok() {
-            self.slots[slot as usize].path = p as u16;
+            self.entries[slot as usize].path = p as u16;
         }
         r
+    }
+
+    /// Queues a read or write on registered buffer `buf` on path `p` and records the path.
+    #[inline(always)]
+    fn send_rw(
+        &mut self,
+        p: usize,
+        slot: u32,
+        write: bool,
+        lba: u64,
+        blocks: u32,
+        buf: u32,
+    ) -> Result<(), SubmitError> {
+        let qp = self.qps[p].as_mut().expect("picked path has a queue pair");
+        let (info, b) = (&self.params[p].info, &self.fixed_bufs[buf as usize]);
+        let tag = slot as u64;
+        let r = if write {
+            qp.write(info, lba, blocks, b, 0, tag)
+        } else {
+            qp.read(info, lba, blocks, b, 0, tag)
+        };
+        if r.is_ok() {
+            self.entries[slot as usize].path = p as u16;
+        }
+        r
+    }
+
+    /// Queues a passthrough command with the nsid of this path's namespace.
+    fn issue_passthru(
+        qp: &mut QueuePair,
+        info: &NsInfo,
+        mut cmd: PassthruCmd,
+        data: Option<&DmaBuf>,
+        md: Option<&DmaBuf>,
+        tag: u64,
+    ) -> Result<(), SubmitError> {
+        if cmd.nsid != 0 && cmd.nsid != u32::MAX {
+            cmd.nsid = info.nsid;
+        }
+        qp.passthru(&cmd, data.map(DataRef::whole), md.map(DataRef::whole), tag)
+    }
+
+    /// Stores a new command in a free slot (retry and failover state cleared).
+    #[inline]
+    fn store(&mut self, slot: u32, held: Held) {
+        let e = &mut self.entries[slot as usize];
+        e.held = held;
+        e.retries = 0;
+        e.failovers = 0;
+        e.retry_same = false;
     }
 
     /// Submits a command. On refusal the descriptor comes back untouched.
@@ -455,9 +565,9 @@ impl Channel {
             }));
         };
         self.owned[slot as usize] = Some(desc);
-        self.descs[slot as usize] = Held::Owned;
+        self.store(slot, Held::Owned);
         self.start(slot).map_err(|reason| {
-            self.descs[slot as usize] = Held::Empty;
+            self.entries[slot as usize].held = Held::Empty;
             let desc = self.owned[slot as usize].take().expect("just stored");
             Box::new(Refused { reason, desc })
         })
@@ -470,7 +580,11 @@ impl Channel {
     /// # Errors
     /// [`RefuseReason::Invalid`] while commands on registered buffers are outstanding.
     pub fn register_buffers(&mut self, bufs: Arc<[DmaBuf]>) -> Result<(), RefuseReason> {
-        if self.descs.iter().any(|d| matches!(d, Held::Fixed { .. })) {
+        if self
+            .entries
+            .iter()
+            .any(|e| matches!(e.held, Held::FixedRw { .. } | Held::FixedPassthru { .. }))
+        {
             return Err(RefuseReason::Invalid(
                 "registered buffers are in use by outstanding commands".into(),
             ));
@@ -500,9 +614,41 @@ impl Channel {
         let Some(slot) = self.free.pop() else {
             return Err(RefuseReason::Full);
         };
-        self.descs[slot as usize] = Held::Fixed { kind, buf, tag };
-        self.start(slot).inspect_err(|_| {
-            self.descs[slot as usize] = Held::Empty;
+        let r = match kind {
+            IoKind::Read { lba, blocks } | IoKind::Write { lba, blocks } => {
+                let write = matches!(kind, IoKind::Write { .. });
+                self.store(
+                    slot,
+                    Held::FixedRw {
+                        write,
+                        lba,
+                        blocks,
+                        buf,
+                        tag,
+                    },
+                );
+                // The common case, with what to send already in hand.
+                match self.pick_any() {
+                    Some(p) => match self.send_rw(p, slot, write, lba, blocks, buf) {
+                        Ok(()) => return Ok(()),
+                        Err(e) => self.start_slow(slot, Some((p, e))),
+                    },
+                    None => self.start_slow(slot, None),
+                }
+            }
+            IoKind::Passthru { cmd, idempotent } => {
+                self.fixed_cmds[slot as usize] = cmd;
+                let held = Held::FixedPassthru {
+                    buf,
+                    tag,
+                    idempotent,
+                };
+                self.store(slot, held);
+                self.start(slot)
+            }
+        };
+        r.inspect_err(|_| {
+            self.entries[slot as usize].held = Held::Empty;
         })
     }
 
@@ -511,26 +657,54 @@ impl Channel {
     /// descriptor back first).
     #[inline]
     fn start(&mut self, slot: u32) -> Result<(), RefuseReason> {
-        self.slots[slot as usize] = Slot::default();
-        let r = loop {
-            let Some(p) = self.pick_any() else {
-                if self.any_waiting() {
-                    // Wait on the ring for a path to come back.
-                    let now = self.now_ns();
-                    let wait = self.hold_ns();
-                    let s = &mut self.slots[slot as usize];
-                    s.deadline_ns = now + wait;
-                    self.requeue.push(slot);
-                    return Ok(());
-                }
-                break RefuseReason::NoPath;
-            };
-            match self.issue(p, slot) {
+        let first = match self.pick_any() {
+            Some(p) => match self.issue(p, slot) {
                 Ok(()) => return Ok(()),
-                Err(SubmitError::QueueFull) => break RefuseReason::Full,
-                Err(SubmitError::NotReady { .. }) => self.set_status(p, PathStatus::Waiting),
-                Err(SubmitError::DeviceGone { .. }) => self.set_status(p, PathStatus::Gone),
-                Err(e) => break RefuseReason::Invalid(e.to_string()),
+                Err(e) => Some((p, e)),
+            },
+            None => None,
+        };
+        self.start_slow(slot, first)
+    }
+
+    /// The rest of [`Channel::start`], off the common path: learns from the first path's refusal
+    /// (`first`), then tries the other paths or parks the slot on the requeue ring.
+    #[cold]
+    #[inline(never)]
+    fn start_slow(
+        &mut self,
+        slot: u32,
+        mut first: Option<(usize, SubmitError)>,
+    ) -> Result<(), RefuseReason> {
+        let r = loop {
+            let (p, err) = match first.take() {
+                Some(f) => f,
+                None => {
+                    let Some(p) = self.pick_any() else {
+                        if self.any_waiting() {
+                            // Wait on the ring for a path to come back.
+                            let now = self.now_ns();
+                            let wait = self.hold_ns();
+                            let e = &mut self.entries[slot as usize];
+                            e.path = u16::MAX; // on no path yet: none to avoid
+                            e.not_before_ns = now;
+                            e.deadline_ns = now + wait;
+                            self.requeue.push(slot);
+                            return Ok(());
+                        }
+                        break RefuseReason::NoPath;
+                    };
+                    match self.issue(p, slot) {
+                        Ok(()) => return Ok(()),
+                        Err(e) => (p, e),
+                    }
+                }
+            };
+            match err {
+                SubmitError::QueueFull => break RefuseReason::Full,
+                SubmitError::NotReady { .. } => self.set_status(p, PathStatus::Waiting),
+                SubmitError::DeviceGone { .. } => self.set_status(p, PathStatus::Gone),
+                e => break RefuseReason::Invalid(e.to_string()),
             }
         };
         self.free.push(slot);
@@ -545,8 +719,9 @@ impl Channel {
     }
 
     /// Polls every path, decides the fate of each completion, resends what is due from the
-    /// requeue ring, and hands up to `max` finished commands to `f`.
-    pub fn poll(&mut self, max: usize, mut f: impl FnMut(MpCompletion)) -> usize {
+    /// requeue ring, and lends up to `max` finished commands to `f` (which takes the buffers it
+    /// keeps, see [`MpCompletion`]).
+    pub fn poll(&mut self, max: usize, mut f: impl FnMut(&mut MpCompletion)) -> usize {
         if self.generation != self.ns.generation() {
             self.refresh();
         }
@@ -559,6 +734,28 @@ impl Channel {
             };
             loop {
                 let r = q.poll(max, |c| {
+                    // The common case, inline: a registered-buffer read or write that succeeded.
+                    let slot = c.tag as usize;
+                    if c.outcome.is_success() {
+                        if let Some(e) = self.entries.get_mut(slot) {
+                            if let Held::FixedRw { tag, buf, .. } = e.held {
+                                e.held = Held::Empty;
+                                self.free.push(slot as u32);
+                                self.stats.completed += 1;
+                                n += 1;
+                                let mut done = MpCompletion {
+                                    tag,
+                                    result: Ok(c.dw0),
+                                    data: None,
+                                    metadata: None,
+                                    buf_index: Some(buf),
+                                };
+                                f(&mut done);
+                                done.release();
+                                return;
+                            }
+                        }
+                    }
                     if self.dispose(p, c, &mut f) {
                         n += 1;
                     }
@@ -580,20 +777,13 @@ impl Channel {
     }
 
     /// Applies the disposition rules to one completion. Returns true if it completed.
-    #[inline]
-    fn dispose(&mut self, p: usize, c: Completion, f: &mut impl FnMut(MpCompletion)) -> bool {
+    fn dispose(&mut self, p: usize, c: Completion, f: &mut dyn FnMut(&mut MpCompletion)) -> bool {
         let slot = c.tag as u32;
-        if !self.descs.get(slot as usize).is_some_and(Held::is_live) {
+        let Some(e) = self.entries.get(slot as usize).filter(|e| e.is_live()) else {
             log::error!("completion for unknown channel slot {slot}");
             return false;
-        }
-        if let Outcome::Status(st) = c.outcome {
-            if st.is_success() {
-                self.complete(slot, Ok(c.dw0), f);
-                return true;
-            }
-        }
-        let retries_left = self.slots[slot as usize].retries < self.opts.retries;
+        };
+        let retries_left = e.retries < self.opts.retries;
         let d = dispose(c.outcome, retries_left, self.params[p].crdt);
         if d == Disposition::Complete {
             let result = match c.outcome {
@@ -625,18 +815,15 @@ impl Channel {
             _ => {}
         }
         let now = self.now_ns();
-        let idempotent = match &self.descs[slot as usize] {
+        let idempotent = match self.entries[slot as usize].held {
             Held::Empty => false,
             Held::Owned => self.owned[slot as usize]
                 .as_ref()
                 .is_some_and(|d| d.idempotent()),
-            Held::Fixed { kind, .. } => match kind {
-                IoKind::Read { .. } => true,
-                IoKind::Write { .. } => false,
-                IoKind::Passthru { idempotent, .. } => *idempotent,
-            },
+            Held::FixedRw { write, .. } => !write,
+            Held::FixedPassthru { idempotent, .. } => idempotent,
         };
-        let s = &mut self.slots[slot as usize];
+        let s = &mut self.entries[slot as usize];
         match d {
             Disposition::Retry { delay_ms } => {
                 s.retries += 1;
@@ -679,37 +866,32 @@ impl Channel {
         false
     }
 
+    /// Frees `slot` and hands its result and buffers to `f`.
     fn complete(
         &mut self,
         slot: u32,
         result: Result<u32, IoError>,
-        f: &mut impl FnMut(MpCompletion),
+        f: &mut dyn FnMut(&mut MpCompletion),
     ) {
-        // A fixed command's fields are copied out and the slot marked empty in place; only an
-        // owned descriptor is moved out of `owned` (its buffers go back to the caller).
-        let fixed = match self.descs[slot as usize] {
-            Held::Fixed { buf, tag, .. } => Some((buf, tag)),
-            _ => None,
-        };
-        let (tag, data, metadata, buf_index) = match fixed {
-            Some((buf, tag)) => {
-                self.descs[slot as usize] = Held::Empty;
+        let held = std::mem::replace(&mut self.entries[slot as usize].held, Held::Empty);
+        let (tag, data, metadata, buf_index) = match held {
+            Held::FixedRw { buf, tag, .. } | Held::FixedPassthru { buf, tag, .. } => {
                 (tag, None, None, Some(buf))
             }
-            None => {
-                self.descs[slot as usize] = Held::Empty;
+            Held::Owned => {
                 let d = self.owned[slot as usize]
                     .take()
                     .expect("completed slot is live");
                 (d.tag, d.data, d.metadata, None)
             }
+            Held::Empty => unreachable!("completed slot is live"),
         };
         self.free.push(slot);
         self.stats.completed += 1;
         if matches!(result, Err(IoError::NoPath)) {
             self.stats.no_path += 1;
         }
-        f(MpCompletion {
+        f(&mut MpCompletion {
             tag,
             result,
             data,
@@ -720,18 +902,18 @@ impl Channel {
 
     /// Resends what is due from the requeue ring. Returns how many completed (with errors).
     #[cold]
-    fn drain_requeue(&mut self, f: &mut impl FnMut(MpCompletion)) -> usize {
+    fn drain_requeue(&mut self, f: &mut dyn FnMut(&mut MpCompletion)) -> usize {
         let now = self.now_ns();
         let mut done = 0;
         for _ in 0..self.requeue.len() {
             let slot = self.requeue.pop().expect("len checked");
-            let s = self.slots[slot as usize];
+            let s = self.entries[slot as usize];
             if s.not_before_ns > now {
                 self.requeue.push(slot);
                 continue;
             }
             let (last, retry_same, deadline_ns) = (s.path as usize, s.retry_same, s.deadline_ns);
-            let target = if retry_same && self.status[last].usable() {
+            let target = if retry_same && self.status.get(last).is_some_and(|s| s.usable()) {
                 Some(last)
             } else {
                 self.pick(Some(last))

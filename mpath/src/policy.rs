@@ -63,6 +63,11 @@ impl Selector {
     /// with [`Selector::pick`], so both take turns in the same order.
     #[inline]
     pub fn round_robin(&mut self, tier: &[usize], min_ios: u32) -> Option<usize> {
+        if let [only] = *tier {
+            // One usable path: no turn to take (the turn restarts on it).
+            self.current = only;
+            return Some(only);
+        }
         let first = *tier.first()?;
         if self.run < min_ios.max(1) && tier.contains(&self.current) {
             self.run += 1;

@@ -162,7 +162,7 @@ pub fn verify_worker(
                     if let Err(e) = &c.result {
                         panic!("core {core} gen {gen} slot {i} read={read_phase}: {e}");
                     }
-                    let buf = c.data.expect("buffer comes back");
+                    let buf = c.data.take().expect("buffer comes back");
                     if read_phase {
                         let lba = base + i * IO_BLOCKS as u64;
                         if let Err(e) = check(&buf, lba, gen) {

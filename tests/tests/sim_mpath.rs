@@ -403,7 +403,7 @@ fn inaccessible_everywhere_holds_io_up_to_anatt_then_resumes() {
     ch.submit(IoDesc::read(256, IO_BLOCKS, rb, 2)).unwrap();
     let mut back = None;
     while back.is_none() {
-        ch.poll(8, |c| back = c.data);
+        ch.poll(8, |c| back = c.data.take());
     }
     check(&back.unwrap(), 256, 7).unwrap();
 }
@@ -488,4 +488,63 @@ fn registered_buffers_fail_over_too() {
     )
     .unwrap();
     assert!(ch.register_buffers(bufs.clone()).is_err(), "in use");
+}
+
+#[test]
+fn completions_with_errors_or_unclaimed_buffers_are_delivered_and_released() {
+    // Arrange: two paths; the next I/O on each fails with a DNR error (complete, not retried).
+    let w = world(1);
+    let mut ch = Channel::new(&w.ns, chan_opts()).unwrap();
+    let bufs: Arc<[vfnvme_hugepages::DmaBuf]> = vec![w.pool.alloc(IO_BYTES, 4096).unwrap()].into();
+    ch.register_buffers(bufs).unwrap();
+    let dnr =
+        Status::new(sct::GENERIC, vfnvme::spec::status::generic::INTERNAL_ERROR).with_dnr(true);
+    for i in 0..2 {
+        w.sim
+            .controller(i)
+            .faults()
+            .fail_matching(FaultMatch::io(), dnr, Some(1));
+    }
+    let read = IoKind::Read {
+        lba: 8,
+        blocks: IO_BLOCKS,
+    };
+    // Act: one registered-buffer read and one owned read, both failing; the callback claims
+    // nothing, so the channel drops the owned buffer itself.
+    ch.submit_fixed(read, 0, 10).unwrap();
+    ch.submit(IoDesc::read(
+        8,
+        IO_BLOCKS,
+        w.pool.alloc(IO_BYTES, 4096).unwrap(),
+        11,
+    ))
+    .unwrap();
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    while seen.len() < 2 {
+        ch.poll(8, |c| {
+            seen.push((c.tag, c.result.clone(), c.buf_index, c.data.is_some()))
+        });
+        assert!(start.elapsed() < Duration::from_secs(10), "never completed");
+    }
+    seen.sort_by_key(|s| s.0);
+    // Assert: both completed once with the device's status, with their buffer identities.
+    for (tag, result, buf_index, has_data) in &seen {
+        let st = match result {
+            Err(vfnvme_mpath::IoError::Status { status, .. }) => *status,
+            other => panic!("tag {tag}: expected a device status, got {other:?}"),
+        };
+        assert_eq!(st.sc(), vfnvme::spec::status::generic::INTERNAL_ERROR);
+        assert_eq!(*buf_index, (*tag == 10).then_some(0));
+        assert_eq!(*has_data, *tag == 11);
+    }
+    assert_eq!(ch.outstanding(), 0);
+    assert_eq!(ch.stats().completed, 2);
+    // The slot and the registered buffer are free again: the same submission now succeeds.
+    ch.submit_fixed(read, 0, 12).unwrap();
+    let mut ok = None;
+    while ok.is_none() {
+        ch.poll(8, |c| ok = Some((c.tag, c.result.clone())));
+    }
+    assert_eq!(ok, Some((12, Ok(0))));
 }
