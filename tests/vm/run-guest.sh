@@ -29,6 +29,8 @@
 #   RIG_RUNDIR=DIR     per-run dir, shared read-write at /rig in the guest    [$CACHE/runs/run.XXXXXX]
 #   RIG_TIMEOUT=S      seconds before the guest is killed (not with RIG_SHELL)                   [600]
 #   RIG_QEMU_EXTRA=... extra QEMU arguments (word-split)
+#   RIG_TIMERSLACK_NS=N timer slack of the QEMU process (inherited from this shell); the host
+#                      default is 50000, which can stretch QEMU's 500 ns NVMe timers   [unchanged]
 #   RIG_KERNEL=PATH    kernel to boot                                  [the uncompressed vmlinux]
 #   RIG_SHELL=1        interactive shell on the serial console (Ctrl-A X quits QEMU)
 #   RIG_QMP_WATCH=0    do not start qmp-watch.py (the guest's QMP request channel, /rig/qmp)      [1]
@@ -157,6 +159,9 @@ A+=(-device pcie-root-port,id=rpspare,chassis=99,slot=99,bus=pcie.0)   # free sl
 # shellcheck disable=SC2206
 A+=(${RIG_QEMU_EXTRA:-})
 
+if [ -n "${RIG_TIMERSLACK_NS:-}" ]; then
+    echo "$RIG_TIMERSLACK_NS" > "/proc/$$/timerslack_ns" || die "cannot set timer slack" 2
+fi
 printf '%q ' qemu-system-x86_64 "${A[@]}" > "$RD/qemu.cmdline"
 echo >> "$RD/qemu.cmdline"
 
