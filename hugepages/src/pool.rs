@@ -301,7 +301,7 @@ impl DmaBuf {
         self.region.iova_at(domain, self.offset + offset)
     }
 
-    #[inline]
+    #[inline(always)]
     fn check(&self, offset: usize, len: usize) {
         assert!(
             offset.checked_add(len).is_some_and(|e| e <= self.len),
@@ -343,7 +343,7 @@ impl DmaBuf {
     ///
     /// # Panics
     /// If out of bounds or misaligned.
-    #[inline]
+    #[inline(always)]
     pub fn load_u64(&self, offset: usize) -> u64 {
         self.check(offset, 8);
         self.region.load_u64(self.offset + offset)
@@ -353,7 +353,7 @@ impl DmaBuf {
     ///
     /// # Panics
     /// If out of bounds or misaligned.
-    #[inline]
+    #[inline(always)]
     pub fn store_u64(&self, offset: usize, v: u64) {
         self.check(offset, 8);
         self.region.store_u64(self.offset + offset, v)
@@ -363,7 +363,7 @@ impl DmaBuf {
     ///
     /// # Panics
     /// If out of bounds or misaligned.
-    #[inline]
+    #[inline(always)]
     pub fn load_u32_acquire(&self, offset: usize) -> u32 {
         self.check(offset, 4);
         self.region.load_u32_acquire(self.offset + offset)
@@ -373,7 +373,7 @@ impl DmaBuf {
     ///
     /// # Panics
     /// If out of bounds or misaligned.
-    #[inline]
+    #[inline(always)]
     pub fn load_u32(&self, offset: usize) -> u32 {
         self.check(offset, 4);
         self.region.load_u32(self.offset + offset)
@@ -383,7 +383,7 @@ impl DmaBuf {
     ///
     /// # Panics
     /// If out of bounds or misaligned.
-    #[inline]
+    #[inline(always)]
     pub fn store_u32(&self, offset: usize, v: u32) {
         self.check(offset, 4);
         self.region.store_u32(self.offset + offset, v)

@@ -238,7 +238,7 @@ impl DmaRegion {
         (off < self.0.len as u64).then_some(off as usize)
     }
 
-    #[inline]
+    #[inline(always)]
     fn check(&self, offset: usize, len: usize) {
         assert!(
             offset.checked_add(len).is_some_and(|end| end <= self.0.len),
@@ -247,7 +247,7 @@ impl DmaRegion {
         );
     }
 
-    #[inline]
+    #[inline(always)]
     fn check_aligned(&self, offset: usize, len: usize, align: usize) {
         self.check(offset, len);
         assert!(
@@ -323,6 +323,7 @@ impl DmaRegion {
         true
     }
 
+    #[inline(always)]
     fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
         self.check_aligned(offset, 4, 4);
         // SAFETY: in bounds and 4-byte aligned (checked); an AtomicU32 may be shared with other
@@ -330,12 +331,14 @@ impl DmaRegion {
         unsafe { &*(self.0.va.add(offset) as *const AtomicU32) }
     }
 
+    #[inline(always)]
     fn atomic_u16(&self, offset: usize) -> &AtomicU16 {
         self.check_aligned(offset, 2, 2);
         // SAFETY: as in `atomic_u32`, with 2-byte alignment.
         unsafe { &*(self.0.va.add(offset) as *const AtomicU16) }
     }
 
+    #[inline(always)]
     fn atomic_u64(&self, offset: usize) -> &AtomicU64 {
         self.check_aligned(offset, 8, 8);
         // SAFETY: as in `atomic_u32`, with 8-byte alignment.
@@ -343,43 +346,43 @@ impl DmaRegion {
     }
 
     /// Loads a `u32` with Acquire ordering (a CQE's status dword before the rest of the entry).
-    #[inline]
+    #[inline(always)]
     pub fn load_u32_acquire(&self, offset: usize) -> u32 {
         self.atomic_u32(offset).load(Ordering::Acquire)
     }
 
     /// Loads a `u32` (relaxed).
-    #[inline]
+    #[inline(always)]
     pub fn load_u32(&self, offset: usize) -> u32 {
         self.atomic_u32(offset).load(Ordering::Relaxed)
     }
 
     /// Stores a `u32` with Release ordering (publishing a CQE's status dword last).
-    #[inline]
+    #[inline(always)]
     pub fn store_u32_release(&self, offset: usize, v: u32) {
         self.atomic_u32(offset).store(v, Ordering::Release)
     }
 
     /// Stores a `u32` (relaxed).
-    #[inline]
+    #[inline(always)]
     pub fn store_u32(&self, offset: usize, v: u32) {
         self.atomic_u32(offset).store(v, Ordering::Relaxed)
     }
 
     /// Loads a `u16` (relaxed).
-    #[inline]
+    #[inline(always)]
     pub fn load_u16(&self, offset: usize) -> u16 {
         self.atomic_u16(offset).load(Ordering::Relaxed)
     }
 
     /// Loads a `u64` (relaxed).
-    #[inline]
+    #[inline(always)]
     pub fn load_u64(&self, offset: usize) -> u64 {
         self.atomic_u64(offset).load(Ordering::Relaxed)
     }
 
     /// Stores a `u64` (relaxed).
-    #[inline]
+    #[inline(always)]
     pub fn store_u64(&self, offset: usize, v: u64) {
         self.atomic_u64(offset).store(v, Ordering::Relaxed)
     }

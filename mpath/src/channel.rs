@@ -39,8 +39,11 @@ pub struct ChannelOptions {
     pub slots: usize,
     /// Same-path retries for retryable, non-path errors.
     pub retries: u8,
-    /// Failovers of one command before it completes with its last error.
-    pub max_failovers: u8,
+    /// Failovers of one command before it completes with its last error: a cap against a path
+    /// that flaps without end. The other bound is time: a command that has been failing over for
+    /// longer than `fast_fail_ms` (or the controller's ANATT during an ANA transition) completes
+    /// with its last error too.
+    pub max_failovers: u16,
     /// How long a command waits for a path that may come back before completing with
     /// [`IoError::NoPath`].
     pub fast_fail_ms: u64,
@@ -55,7 +58,7 @@ impl Default for ChannelOptions {
             policy: Policy::default(),
             slots: 1024,
             retries: 3,
-            max_failovers: 16,
+            max_failovers: 1000,
             fast_fail_ms: 10_000,
             default_cqt_ms: 100,
         }
@@ -76,9 +79,17 @@ pub enum IoError {
     /// No path could take it: none usable and none coming back, or the fast-fail timeout passed.
     #[error("no usable path to the namespace")]
     NoPath,
-    /// It failed over too many times.
-    #[error("failed over {0} times; giving up (last: {1})")]
-    TooManyFailovers(u8, String),
+    /// It kept failing over: more than `max_failovers` times, or for longer than the fast-fail
+    /// time (ANATT during an ANA transition).
+    #[error("failed over {failovers} times in {failing_ms} ms; giving up (last: {last})")]
+    TooManyFailovers {
+        /// Failovers so far.
+        failovers: u16,
+        /// Milliseconds since its first failover.
+        failing_ms: u64,
+        /// The last failure.
+        last: String,
+    },
     /// The driver refused it (bad buffer, too large).
     #[error("{0}")]
     Refused(String),
@@ -200,7 +211,9 @@ struct Entry {
     /// Path it is on (or last failed on).
     path: u16,
     retries: u8,
-    failovers: u8,
+    failovers: u16,
+    /// When it first failed over (ns on `vfnvme::clock`); 0 while it has not.
+    failing_since_ns: u64,
     /// Resend on this path (a same-path retry).
     retry_same: bool,
     /// Earliest resend time (ns on `vfnvme::clock`); set when the command is requeued.
@@ -215,6 +228,7 @@ impl Entry {
         path: 0,
         retries: 0,
         failovers: 0,
+        failing_since_ns: 0,
         retry_same: false,
         not_before_ns: 0,
         deadline_ns: 0,
@@ -546,6 +560,7 @@ impl Channel {
         e.held = held;
         e.retries = 0;
         e.failovers = 0;
+        e.failing_since_ns = 0;
         e.retry_same = false;
     }
 
@@ -823,6 +838,16 @@ impl Channel {
             Held::FixedRw { write, .. } => !write,
             Held::FixedPassthru { idempotent, .. } => idempotent,
         };
+        // An ANA transition or inaccessible group may take up to ANATT to settle: wait at least
+        // that long for a usable path (and keep failing over at least that long) before giving up.
+        let mut wait_ns = self.opts.fast_fail_ms * 1_000_000;
+        if let Outcome::Status(st) = c.outcome {
+            if st.sct() == sct::PATH
+                && (st.sc() == path_sc::ANA_TRANSITION || st.sc() == path_sc::ANA_INACCESSIBLE)
+            {
+                wait_ns = wait_ns.max(self.params[p].anatt_ns);
+            }
+        }
         let s = &mut self.entries[slot as usize];
         match d {
             Disposition::Retry { delay_ms } => {
@@ -832,11 +857,18 @@ impl Channel {
                 self.stats.retries += 1;
             }
             Disposition::Failover => {
-                s.failovers += 1;
-                if s.failovers > self.opts.max_failovers {
-                    let last = format!("{}", c.outcome);
-                    let n = s.failovers;
-                    self.complete(slot, Err(IoError::TooManyFailovers(n, last)), f);
+                s.failovers = s.failovers.saturating_add(1);
+                if s.failing_since_ns == 0 {
+                    s.failing_since_ns = now;
+                }
+                let failing_ns = now - s.failing_since_ns;
+                if s.failovers > self.opts.max_failovers || failing_ns > wait_ns {
+                    let err = IoError::TooManyFailovers {
+                        failovers: s.failovers,
+                        failing_ms: failing_ns / 1_000_000,
+                        last: c.outcome.to_string(),
+                    };
+                    self.complete(slot, Err(err), f);
                     return true;
                 }
                 s.retry_same = false;
@@ -849,16 +881,6 @@ impl Channel {
                 self.stats.failovers += 1;
             }
             Disposition::Complete => unreachable!(),
-        }
-        // An ANA transition or inaccessible group may take up to ANATT to settle: wait at least
-        // that long for a usable path before failing fast.
-        let mut wait_ns = self.opts.fast_fail_ms * 1_000_000;
-        if let Outcome::Status(st) = c.outcome {
-            if st.sct() == sct::PATH
-                && (st.sc() == path_sc::ANA_TRANSITION || st.sc() == path_sc::ANA_INACCESSIBLE)
-            {
-                wait_ns = wait_ns.max(self.params[p].anatt_ns);
-            }
         }
         s.deadline_ns = s.not_before_ns + wait_ns;
         let pushed = self.requeue.push(slot);

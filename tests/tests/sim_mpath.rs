@@ -61,9 +61,10 @@ fn chan_opts() -> ChannelOptions {
         slots: 64,
         fast_fail_ms: 20_000,
         default_cqt_ms: 5,
-        // The stress run injects hundreds of retryable errors; one command may draw several.
+        // The stress run injects hundreds of retryable errors; one command may draw many of
+        // them (a read resent at once can take every failure queued on both paths).
         retries: 100,
-        max_failovers: 200,
+        max_failovers: u16::MAX,
     }
 }
 
@@ -231,13 +232,29 @@ fn seeded_stress_of_mixed_failures() {
                 pause(5);
             }
         }
-        pause(200);
+        // Let every injected failure land on a command (the read- and write-only rules wait
+        // for their phase), however slowly the workers run on a loaded machine.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while fired(w) < 1000 && Instant::now() < deadline {
+            pause(5);
+        }
         w.sim.controller(0).faults().clear();
         w.sim.controller(1).faults().clear();
     });
+    // Assert: all 1000 failures fired, and each one was absorbed by a failover or a same-path
+    // retry (none completed a command with an error: the workers check that). A command that
+    // times out on a loaded machine adds failovers of its own, hence "at least".
     let hit = tally.failovers.load(Ordering::Relaxed) + tally.retries.load(Ordering::Relaxed);
     eprintln!("stress: {hit} failovers and retries");
-    assert!(hit >= 500, "most injected failures hit a command ({hit})");
+    assert_eq!(fired(&w), 1000, "every injected failure hit a command");
+    assert!(hit >= 1000, "a failover or retry per failure ({hit})");
+}
+
+/// Injected failures that have hit a command, over both controllers.
+fn fired(w: &World) -> u64 {
+    (0..2)
+        .map(|i| w.sim.controller(i).stats().injected_failures)
+        .sum()
 }
 
 #[test]
@@ -547,4 +564,63 @@ fn completions_with_errors_or_unclaimed_buffers_are_delivered_and_released() {
         ch.poll(8, |c| ok = Some((c.tag, c.result.clone())));
     }
     assert_eq!(ok, Some((12, Ok(0))));
+}
+
+#[test]
+fn a_command_that_keeps_failing_over_gives_up_after_the_fast_fail_time() {
+    // Arrange: two paths that answer every I/O with a path error, and a control plane that
+    // brings each path back at once (its ANA state never changes), so a read bounces between
+    // them; fast-fail is 100 ms, and no failover count cap.
+    let w = world(1);
+    let _cp = MpathControl::new(
+        std::slice::from_ref(&w.ns),
+        ReconnectOptions {
+            interval: Duration::from_millis(1),
+            ..ReconnectOptions::default()
+        },
+    )
+    .spawn();
+    let mut ch = Channel::new(
+        &w.ns,
+        ChannelOptions {
+            fast_fail_ms: 100,
+            ..chan_opts()
+        },
+    )
+    .unwrap();
+    for i in 0..2 {
+        w.sim.controller(i).faults().fail_matching(
+            FaultMatch::io(),
+            Status::new(sct::PATH, path::INTERNAL_PATH_ERROR),
+            None,
+        );
+    }
+    let buf = w.pool.alloc(IO_BYTES, 4096).unwrap();
+    // Act
+    let start = Instant::now();
+    ch.submit(IoDesc::read(0, IO_BLOCKS, buf, 7)).unwrap();
+    let mut done = None;
+    while done.is_none() {
+        ch.poll(8, |c| {
+            done = Some((c.result.clone(), c.data.take().is_some()))
+        });
+        assert!(start.elapsed() < Duration::from_secs(20), "never gave up");
+    }
+    // Assert: it failed over more than once, gave up after the 100 ms budget (not before), and
+    // its buffer came back.
+    let (result, buffer_back) = done.unwrap();
+    match result {
+        Err(vfnvme_mpath::IoError::TooManyFailovers {
+            failovers,
+            failing_ms,
+            ..
+        }) => {
+            assert!(failovers > 1, "{failovers} failovers");
+            assert!(failing_ms >= 100, "gave up after {failing_ms} ms");
+        }
+        other => panic!("expected TooManyFailovers, got {other:?}"),
+    }
+    assert!(start.elapsed() >= Duration::from_millis(100));
+    assert!(buffer_back);
+    assert_eq!(ch.outstanding(), 0);
 }

@@ -568,7 +568,17 @@ impl QueuePair {
         Ok(head)
     }
 
-    fn release_prps(&mut self, mut idx: u16) {
+    /// Frees the PRP list chain starting at `idx` (none for transfers of one or two pages, the
+    /// common case, which costs one compare here).
+    #[inline(always)]
+    fn release_prps(&mut self, idx: u16) {
+        if idx != NONE {
+            self.release_prp_chain(idx);
+        }
+    }
+
+    #[cold]
+    fn release_prp_chain(&mut self, mut idx: u16) {
         while idx != NONE {
             let next = self.prp_next[idx as usize];
             self.prp_next[idx as usize] = NONE;

@@ -180,7 +180,7 @@ impl Fail {
             Ok(_) => Fail::None,
             Err(IoError::Status { status, .. }) => Fail::Status(status.0 & 0x7ff),
             Err(IoError::NoPath) => Fail::NoPath,
-            Err(IoError::TooManyFailovers(..)) => Fail::TooManyFailovers,
+            Err(IoError::TooManyFailovers { .. }) => Fail::TooManyFailovers,
             Err(IoError::Refused(_)) => Fail::Refused,
         }
     }
