@@ -484,7 +484,6 @@ impl Channel {
         let info = &self.params[p].info;
         let tag = slot as u64;
         let r = match self.entries[slot as usize].held {
-            Held::FixedRw { .. } => unreachable!("sent above"),
             Held::FixedPassthru { buf, .. } => {
                 let cmd = self.fixed_cmds[slot as usize];
                 let data = self.fixed_bufs.get(buf as usize);
@@ -505,7 +504,9 @@ impl Channel {
                     }
                 }
             }
-            Held::Empty => unreachable!("issued slot is live"),
+            Held::FixedRw { .. } | Held::Empty => {
+                unreachable!("issued slot is live; registered reads and writes are sent above")
+            }
         };
         if r.is_ok() {
             self.entries[slot as usize].path = p as u16;

@@ -2,13 +2,17 @@
 # bench-guest.sh — runs INSIDE the rig guest for bench.sh: vfnvme-perf over VFIO, then the kernel
 # nvme driver with fio, on the same emulated subsystem, in one boot.
 #
-#   bench-guest.sh PERF OUTDIR REPS SECS DEADLINE
+#   bench-guest.sh PERF OUTDIR REPS SECS DEADLINE [AB]
 #
 #   PERF      the vfnvme-perf binary (host-built, seen through the 9p root)
 #   OUTDIR    where the raw results go (under /rig, so the host reads them after the boot)
 #   REPS      repeats of every configuration (interleaved: rep 1 of everything, then rep 2, ...)
 #   SECS      measured seconds per run (after 1 s of warm-up, excluded)
 #   DEADLINE  guest uptime (s) after which no new polled-kernel run starts (the last stage)
+#   AB        slack | pin: also run vfnvme (1 controller) and the polled kernel at QD 1 with a
+#             host-side variant switched on through the /rig/qmp request channel, then off again:
+#             slack = QEMU's timer slack at 1 ns (host default 50 us); pin = vCPU 0's thread alone
+#             on host CPU 0, QEMU's other threads on the other CPU        -> vf1ab-*, kpollab-*
 #
 # Stages, in order:
 #   1. bind both controllers to vfio-pci (64 hugepages); per rep, per QD (1, 32):
@@ -21,7 +25,7 @@
 # logged and the script goes on. The logic is plain sh and kept short: forks are slow under TCG.
 set -u
 
-PERF=$1 OUT=$2 REPS=$3 SECS=$4 DEADLINE=$5
+PERF=$1 OUT=$2 REPS=$3 SECS=$4 DEADLINE=$5 AB=${6:-}
 QDS="1 32"
 mkdir -p "$OUT"
 
@@ -57,8 +61,26 @@ vf() {   # vf NAME ARGS...
     echo "$rc" > "$OUT/$name.rc"
 }
 
+# Asks the host (qmp-watch.py) for a request; waits for the answer.
+REQ_N=0
+host_req() {   # host_req WORDS...
+    REQ_N=$((REQ_N + 1))
+    key=ab$REQ_N
+    echo "$*" > "/rig/qmp/.req-$key" && mv "/rig/qmp/.req-$key" "/rig/qmp/req-$key"
+    i=0
+    while [ ! -f "/rig/qmp/done-$key" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    log "host request '$*': $(head -1 "/rig/qmp/done-$key" 2>/dev/null || echo 'no answer')"
+}
+ab_on() { case "$AB" in slack) host_req timerslack 1 ;; pin) host_req pin on ;; esac; }
+ab_off() { case "$AB" in slack) host_req timerslack 50000 ;; pin) host_req pin off ;; esac; }
+
 r=1
 while [ "$r" -le "$REPS" ]; do
+    if [ -n "$AB" ]; then
+        ab_on
+        vf "vf1ab-qd1-r$r" -r "$B0" -q 1
+        ab_off
+    fi
     for qd in $QDS; do
         vf "vf1-qd$qd-r$r" -r "$B0" -q "$qd"
         [ -n "$B1" ] && vf "vfmp-qd$qd-r$r" -r "$B0" -r "$B1" --multipath -q "$qd"
@@ -126,6 +148,11 @@ if [ $(( $(uptime_s) + SECS + 8 )) -lt "$DEADLINE" ]; then
         echo "kernel_poll_head=$HEAD" >> "$OUT/guest.env"
         r=1
         while [ "$r" -le "$REPS" ]; do
+            if [ -n "$AB" ] && [ $(( $(uptime_s) + SECS + 3 )) -lt "$DEADLINE" ]; then
+                ab_on
+                fio_run "kpollab-qd1-r$r" "/dev/$HEAD" 1 --ioengine=io_uring --direct=1 --hipri
+                ab_off
+            fi
             for qd in $QDS; do
                 if [ $(( $(uptime_s) + SECS + 3 )) -lt "$DEADLINE" ]; then
                     fio_run "kpoll-qd$qd-r$r" "/dev/$HEAD" "$qd" --ioengine=io_uring --direct=1 --hipri

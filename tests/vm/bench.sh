@@ -20,6 +20,9 @@
 #   BENCH_CG_IOS="A B"     the two -d values for callgrind                  ["100000 300000"]
 #   BENCH_GUEST_REPS, BENCH_GUEST_SECS   guest repeats and seconds per run           [2, 10]
 #   BENCH_GUEST_DEADLINE   guest uptime (s) after which no polled-kernel run starts       [330]
+#   BENCH_AB=slack|pin     guest: also run vfnvme (1 ctrl) and the polled kernel at QD 1 with
+#                          QEMU's timer slack at 1 ns, or with vCPU 0 pinned alone to a host
+#                          CPU, in the same boot (see bench-guest.sh)                    [none]
 #   BENCH_BUILD=0          skip `cargo build --release -p vfnvme-tools`
 #   RIG_TIMEOUT            guest time limit (s)                                          [420]
 #
@@ -34,7 +37,7 @@ PERF=$REPO/target/release/vfnvme-perf
 STAGES=("$@")
 [ ${#STAGES[@]} -gt 0 ] || STAGES=(sim callgrind guest)
 for s in "${STAGES[@]}"; do
-    case "$s" in sim|callgrind|guest) ;; -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+    case "$s" in sim|callgrind|guest) ;; -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown stage '$s' (sim, callgrind, guest)" >&2; exit 2 ;; esac
 done
 
@@ -44,6 +47,8 @@ read -r CG_A CG_B <<< "${BENCH_CG_IOS:-100000 300000}"
 G_REPS=${BENCH_GUEST_REPS:-2}
 G_SECS=${BENCH_GUEST_SECS:-10}
 G_DEADLINE=${BENCH_GUEST_DEADLINE:-330}
+G_AB=${BENCH_AB:-}
+case "$G_AB" in ""|slack|pin) ;; *) echo "bench.sh: BENCH_AB must be slack or pin" >&2; exit 2 ;; esac
 OUT=${BENCH_OUT:-$REPO/target/bench/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -150,17 +155,23 @@ elif kind == "sim-mp":
         print(f"| {label} | {s['med']/1e6:.2f}M | {1e9/s['med']:.1f} | {runs(s)} | {s['spread']:.1f}% | {ratio:.3f} | {dns:+.1f} | {rb:.3f} | {dnb:+.1f} |")
 elif kind == "guest":
     reps = int(args[0])
+    ab = args[1] if len(args) > 1 else ""
+    ab_label = {"slack": "QEMU timer slack 1 ns", "pin": "vCPU 0 pinned alone"}.get(ab, ab)
     g = f"{out}/guest/bench"
     cfgs = [("vf1", "vfnvme-perf, 1 controller (VFIO)", perf_iops),
             ("vfmp", "vfnvme-perf --multipath, 2 controllers (VFIO)", perf_iops),
             ("kio", "kernel nvme, fio io_uring, /dev/nvmeXn1 (interrupts)", fio_iops),
             ("kcmd", "kernel nvme, fio io_uring_cmd, /dev/ngXn1 (interrupts)", fio_iops),
-            ("kpoll", "kernel nvme poll_queues=1, fio io_uring --hipri, /dev/nvmeXn1", fio_iops)]
+            ("kpoll", "kernel nvme poll_queues=1, fio io_uring --hipri, /dev/nvmeXn1", fio_iops),
+            ("vf1ab", f"vfnvme-perf, 1 controller, {ab_label}", perf_iops),
+            ("kpollab", f"kernel polled (--hipri), {ab_label}", fio_iops)]
     S = {}
     print("| configuration | QD | IOPS (median) | runs | spread |")
     print("|---|---:|---:|---|---:|")
     for key, label, fn in cfgs:
         for qd in (1, 32):
+            if key.endswith("ab") and (qd != 1 or not glob.glob(f"{g}/{key}-qd1-r*.rc")):
+                continue   # the A/B variant runs only at QD 1, and only when asked for
             s = stats([fn(f"{g}/{key}-qd{qd}-r{r}.json") for r in range(1, reps + 1)])
             S[(key, qd)] = s
             if not s:
@@ -183,7 +194,12 @@ elif kind == "guest":
             ("vf1", "kcmd", "vfnvme 1 ctrl / kernel io_uring_cmd", ""),
             ("vf1", "kpoll", "vfnvme 1 ctrl / kernel polled (--hipri)", "≥ 3.5x at QD 1"),
             ("vfmp", "kpoll", "vfnvme multipath / kernel polled (--hipri)", "≥ 3.5x at QD 1"),
-            ("vfmp", "vf1", "vfnvme multipath / vfnvme 1 ctrl", "")]:
+            ("vfmp", "vf1", "vfnvme multipath / vfnvme 1 ctrl", ""),
+            ("vf1ab", "kpollab", f"vfnvme 1 ctrl / kernel polled, both with {ab_label}", ""),
+            ("vf1ab", "vf1", f"vfnvme 1 ctrl: {ab_label} / without", ""),
+            ("kpollab", "kpoll", f"kernel polled: {ab_label} / without", "")]:
+        if a.endswith("ab") and not S.get((a, 1)):
+            continue
         print(f"| {label} | {ratio(a, b, 1)} | {ratio(a, b, 32)} | {goal} |")
 elif kind == "callgrind":
     # args: A B, then names of the configs (files cg/<name>.<N>)
@@ -336,7 +352,7 @@ stage_callgrind() {
 stage_guest() {
     local rd=$OUT/guest
     mkdir -p "$rd"
-    local cmd="$HERE/bench-guest.sh $PERF /rig/bench $G_REPS $G_SECS $G_DEADLINE"
+    local cmd="$HERE/bench-guest.sh $PERF /rig/bench $G_REPS $G_SECS $G_DEADLINE $G_AB"
     log "guest: RIG_BACKING=null RIG_TIMEOUT=${RIG_TIMEOUT:-420} RIG_RUNDIR=$rd tests/vm/run-guest.sh '$cmd'"
     local rc=0
     RIG_BACKING=null RIG_TIMEOUT=${RIG_TIMEOUT:-420} RIG_RUNDIR=$rd "$HERE/run-guest.sh" "$cmd" >&2 || rc=$?
@@ -350,7 +366,7 @@ stage_guest() {
     say "Commands:"
     say ""
     say '```'
-    say "RIG_BACKING=null RIG_TIMEOUT=${RIG_TIMEOUT:-420} tests/vm/run-guest.sh 'tests/vm/bench-guest.sh \$BENCH_OUT/vfnvme-perf /rig/bench $G_REPS $G_SECS $G_DEADLINE'   # a copy of target/release/vfnvme-perf"
+    say "RIG_BACKING=null RIG_TIMEOUT=${RIG_TIMEOUT:-420} tests/vm/run-guest.sh 'tests/vm/bench-guest.sh \$BENCH_OUT/vfnvme-perf /rig/bench $G_REPS $G_SECS $G_DEADLINE $G_AB'   # a copy of target/release/vfnvme-perf"
     say "# in the guest, after guest-bind.sh --hugepages 64:"
     say "vfnvme-perf -r 0000:01:00.0 -q {1,32} -a 1 -t $G_SECS --json"
     say "vfnvme-perf -r 0000:01:00.0 -r 0000:02:00.0 --multipath -q {1,32} -a 1 -t $G_SECS --json"
@@ -361,7 +377,7 @@ stage_guest() {
     say "fio ...same... --filename=/dev/nvmeXn1 --ioengine=io_uring --direct=1 --hipri"
     say '```'
     say ""
-    python_table guest "$G_REPS" | tee -a "$REPORT"
+    python_table guest "$G_REPS" "$G_AB" | tee -a "$REPORT"
     local f
     for f in "$rd"/bench/*.rc; do
         [ -e "$f" ] || continue

@@ -7,7 +7,11 @@ run-guest.sh starts it in the background for the duration of each boot (and kill
 guest exits; it also exits by itself once PID, default its parent, is gone). The guest test cannot
 reach QMP, so it asks through the shared run dir (/rig in the guest = RUNDIR on the host):
 
-  guest writes  RUNDIR/qmp/req-NAME   one line: "device_del nvmeI [TIMEOUT_S]" or "device_add nvmeI"
+  guest writes  RUNDIR/qmp/req-NAME   one line: "device_del nvmeI [TIMEOUT_S]", "device_add nvmeI",
+                                      "timerslack NS" (sets every QEMU thread's timer slack), or
+                                      "pin on|off" (on: vCPU 0's thread alone on host CPU 0, every
+                                      other QEMU thread on the other host CPUs; off: all CPUs) --
+                                      the last two for same-boot benchmark comparisons
                                       (write it under another name and rename it into place)
   host writes   RUNDIR/qmp/done-NAME  first line "ok ..." or "error: ...", then details
 
@@ -37,10 +41,65 @@ def log(rundir, msg):
         f.write(line)
 
 
+def set_timerslack(rundir, value):
+    """Writes VALUE (ns) to the timer slack of every thread of this boot's QEMU."""
+    try:
+        ns = int(value)
+        if ns < 1:
+            raise ValueError
+    except ValueError:
+        return False, "bad timer slack %r (want a positive number of ns)" % value
+    try:
+        with open(os.path.join(rundir, "qemu.pid")) as f:
+            pid = int(f.read().split()[0])
+        tids = os.listdir("/proc/%d/task" % pid)
+        for tid in tids:
+            # /proc/TID/timerslack_ns (not under task/: that directory has no such file)
+            with open("/proc/%s/timerslack_ns" % tid, "w") as f:
+                f.write("%d\n" % ns)
+    except (OSError, ValueError, IndexError) as e:
+        return False, "cannot set QEMU's timer slack: %s" % e
+    return True, "timer slack %d ns on %d QEMU threads" % (ns, len(tids))
+
+
+def pin(sock, how):
+    """Pins vCPU 0's thread to host CPU 0 and every other QEMU thread to the rest ("on"), or
+    lets every thread run anywhere again ("off")."""
+    if how not in ("on", "off"):
+        return False, "bad pin request %r (want on or off)" % how
+    rundir = os.path.dirname(sock)
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return False, "pinning needs two host CPUs (have %d)" % len(cpus)
+    try:
+        with open(os.path.join(rundir, "qemu.pid")) as f:
+            pid = int(f.read().split()[0])
+        q = QMP(sock, timeout=30.0)
+        try:
+            reply = q.cmd("query-cpus-fast")
+        finally:
+            q.sock.close()
+        vcpu0 = [c["thread-id"] for c in reply["return"] if c.get("cpu-index") == 0][0]
+        tids = [int(t) for t in os.listdir("/proc/%d/task" % pid)]
+        for tid in tids:
+            if how == "off":
+                mask = set(cpus)
+            else:
+                mask = {cpus[0]} if tid == vcpu0 else set(cpus[1:])
+            os.sched_setaffinity(tid, mask)
+    except (OSError, ValueError, IndexError, KeyError, QMPError, EOFError) as e:
+        return False, "cannot pin QEMU's threads: %s" % e
+    return True, "pin %s: vCPU 0 thread %d, %d QEMU threads" % (how, vcpu0, len(tids))
+
+
 def execute(sock, words):
     """Runs one request; returns (ok, text)."""
+    if len(words) == 2 and words[0] == "timerslack":
+        return set_timerslack(os.path.dirname(sock), words[1])
+    if len(words) == 2 and words[0] == "pin":
+        return pin(sock, words[1])
     if len(words) < 2 or words[0] not in ("device_del", "device_add"):
-        return False, "unknown request %r (want 'device_del nvmeI [TIMEOUT_S]' or 'device_add nvmeI')" % " ".join(words)
+        return False, "unknown request %r (want 'device_del nvmeI [TIMEOUT_S]', 'device_add nvmeI', 'timerslack NS' or 'pin on|off')" % " ".join(words)
     op, dev = words[0], words[1]
     m = DEV.match(dev)
     if not m:

@@ -1069,6 +1069,29 @@ impl Controller {
         }
     }
 
+    /// Detaches a set of controllers that share `pool` (the end of a tool's or an application's
+    /// run): shuts each down ([`Controller::shutdown`], failures logged, the others still shut
+    /// down), then unmaps the pool's DMA memory from their DMA domains while their VFIO
+    /// containers are still open. Call after every queue pair on them is gone.
+    pub fn detach_all(ctrls: &[Controller], pool: &DmaPool) {
+        for c in ctrls {
+            if let Err(e) = c.shutdown() {
+                log::warn!("{}: shutdown: {e}", c.name());
+            }
+        }
+        let mut domains: Vec<DomainId> = Vec::new();
+        for c in ctrls {
+            if !domains.contains(&c.domain()) {
+                domains.push(c.domain());
+            }
+        }
+        for d in domains {
+            if let Err(e) = pool.remove_mapper(d) {
+                log::debug!("unmapping DMA memory from {d:?}: {e}");
+            }
+        }
+    }
+
     /// Orderly shutdown: delete the I/O queues, then CC.SHN = normal and wait for SHST = complete
     /// (bounded by CAP.TO, or RTD3E when it is longer).
     ///

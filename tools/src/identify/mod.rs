@@ -275,22 +275,7 @@ impl Opened {
     /// Shuts every controller down (orderly CC.SHN), unmaps the DMA memory from their domains
     /// while the VFIO containers are still open, and drops the simulators.
     pub fn close(mut self) {
-        for c in &self.ctrls {
-            if let Err(e) = c.shutdown() {
-                log::warn!("{}: shutdown: {e}", c.name());
-            }
-        }
-        let mut domains = Vec::new();
-        for c in &self.ctrls {
-            if !domains.contains(&c.domain()) {
-                domains.push(c.domain());
-            }
-        }
-        for d in domains {
-            if let Err(e) = self.pool.remove_mapper(d) {
-                log::debug!("unmapping DMA memory from {d:?}: {e}");
-            }
-        }
+        Controller::detach_all(&self.ctrls, &self.pool);
         self.ctrls.clear();
         self.sims.clear();
     }

@@ -454,17 +454,13 @@ pub fn open(cfg: &Config) -> anyhow::Result<Opened> {
 }
 
 impl Opened {
-    /// Stops the control plane, then shuts every controller down (orderly CC.SHN). Call after
-    /// the workers, and their queue pairs, are gone.
+    /// Stops the control plane, then shuts every controller down (orderly CC.SHN) and unmaps the
+    /// DMA memory from their domains. Call after the workers, and their queue pairs, are gone.
     pub fn close(mut self) {
         self.targets.clear();
         drop(self.mpath_control.take());
         drop(self.control.take());
-        for c in &self.ctrls {
-            if let Err(e) = c.shutdown() {
-                log::warn!("{}: shutdown: {e}", c.name());
-            }
-        }
+        Controller::detach_all(&self.ctrls, &self.pool);
         self.ctrls.clear();
         self.sims.clear();
     }
