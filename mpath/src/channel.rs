@@ -616,8 +616,43 @@ impl Channel {
     /// # Errors
     /// [`RefuseReason::Full`] (poll and retry), `NoPath`, or `Invalid` (including an index past
     /// the registered buffers).
-    #[inline]
+    #[inline(always)]
     pub fn submit_fixed(&mut self, kind: IoKind, buf: u32, tag: u64) -> Result<(), RefuseReason> {
+        // The common case, small enough to inline into the caller's loop: a read or write, the
+        // path view current, a free slot, and the picked path takes it.
+        if let IoKind::Read { lba, blocks } | IoKind::Write { lba, blocks } = kind {
+            if self.generation == self.ns.generation()
+                && (buf as usize) < self.fixed_bufs.len()
+                && !self.free.is_empty()
+            {
+                if let Some(p) = self.pick_any() {
+                    let slot = self.free.pop().expect("checked not empty");
+                    let write = matches!(kind, IoKind::Write { .. });
+                    self.store(
+                        slot,
+                        Held::FixedRw {
+                            write,
+                            lba,
+                            blocks,
+                            buf,
+                            tag,
+                        },
+                    );
+                    return match self.send_rw(p, slot, write, lba, blocks, buf) {
+                        Ok(()) => Ok(()),
+                        Err(e) => self.fixed_refused(slot, Some((p, e))),
+                    };
+                }
+            }
+        }
+        self.submit_fixed_slow(kind, buf, tag)
+    }
+
+    /// Everything [`Channel::submit_fixed`] does not do inline: a stale path view, a bad buffer
+    /// index, a full channel, no usable path, and passthrough commands.
+    #[cold]
+    #[inline(never)]
+    fn submit_fixed_slow(&mut self, kind: IoKind, buf: u32, tag: u64) -> Result<(), RefuseReason> {
         if self.generation != self.ns.generation() {
             self.refresh();
         }
@@ -630,40 +665,40 @@ impl Channel {
         let Some(slot) = self.free.pop() else {
             return Err(RefuseReason::Full);
         };
-        let r = match kind {
-            IoKind::Read { lba, blocks } | IoKind::Write { lba, blocks } => {
-                let write = matches!(kind, IoKind::Write { .. });
-                self.store(
-                    slot,
-                    Held::FixedRw {
-                        write,
-                        lba,
-                        blocks,
-                        buf,
-                        tag,
-                    },
-                );
-                // The common case, with what to send already in hand.
-                match self.pick_any() {
-                    Some(p) => match self.send_rw(p, slot, write, lba, blocks, buf) {
-                        Ok(()) => return Ok(()),
-                        Err(e) => self.start_slow(slot, Some((p, e))),
-                    },
-                    None => self.start_slow(slot, None),
-                }
-            }
+        let held = match kind {
+            IoKind::Read { lba, blocks } | IoKind::Write { lba, blocks } => Held::FixedRw {
+                write: matches!(kind, IoKind::Write { .. }),
+                lba,
+                blocks,
+                buf,
+                tag,
+            },
             IoKind::Passthru { cmd, idempotent } => {
                 self.fixed_cmds[slot as usize] = cmd;
-                let held = Held::FixedPassthru {
+                Held::FixedPassthru {
                     buf,
                     tag,
                     idempotent,
-                };
-                self.store(slot, held);
-                self.start(slot)
+                }
             }
         };
+        self.store(slot, held);
+        let r = self.start(slot);
         r.inspect_err(|_| {
+            self.entries[slot as usize].held = Held::Empty;
+        })
+    }
+
+    /// A registered-buffer command the first path refused: tries the others (or parks it) and,
+    /// on refusal, frees its slot.
+    #[cold]
+    #[inline(never)]
+    fn fixed_refused(
+        &mut self,
+        slot: u32,
+        first: Option<(usize, SubmitError)>,
+    ) -> Result<(), RefuseReason> {
+        self.start_slow(slot, first).inspect_err(|_| {
             self.entries[slot as usize].held = Held::Empty;
         })
     }

@@ -458,12 +458,12 @@ impl QueuePair {
         self.shared.state()
     }
 
-    #[inline]
+    #[inline(always)]
     fn refresh_clock(&mut self) {
         self.now_ns = crate::clock::now_ns();
     }
 
-    #[inline]
+    #[inline(always)]
     fn check_ready(&mut self) -> Result<(), SubmitError> {
         let w = self.shared.load();
         if w.epoch() != self.epoch {
@@ -513,7 +513,7 @@ impl QueuePair {
     }
 
     /// Checks a data range and returns its IOVA.
-    #[inline]
+    #[inline(always)]
     fn data_iova(&self, d: &DataRef<'_>, opcode: u8) -> Result<u64, SubmitError> {
         let bad = |why| SubmitError::BadBuffer {
             ctrl: self.shared.name.clone(),
@@ -588,7 +588,7 @@ impl QueuePair {
     }
 
     /// Fills PRP1/PRP2 of `sqe` for `len` bytes at `iova`, taking list pages when needed.
-    #[inline]
+    #[inline(always)]
     fn fill_prps(&mut self, sqe: &mut Sqe, iova: u64, len: u64) -> Result<u16, SubmitError> {
         let pages = prp::pages_spanned(iova, len);
         if pages <= 2 {
@@ -600,6 +600,19 @@ impl QueuePair {
             };
             return Ok(NONE);
         }
+        self.fill_prp_list(sqe, iova, len, pages)
+    }
+
+    /// [`Self::fill_prps`] for transfers over more than two pages: builds a PRP list chain.
+    #[cold]
+    #[inline(never)]
+    fn fill_prp_list(
+        &mut self,
+        sqe: &mut Sqe,
+        iova: u64,
+        len: u64,
+        pages: u64,
+    ) -> Result<u16, SubmitError> {
         let nlists = prp::list_pages_needed(pages);
         let head = self.take_prp_lists(nlists)?;
         // The list pages in chain order. Up to 16 of them (transfers to ~32 MiB) sit on the
@@ -650,8 +663,10 @@ impl QueuePair {
         }
     }
 
-    /// Queues one SQE with optional data and metadata. The core of every submit helper.
-    #[inline]
+    /// Queues one SQE with optional data and metadata. The core of every submit helper, always
+    /// inlined so that each helper is one function on the I/O path (left to itself, the compiler
+    /// inlined it into `rw` in some callers and not others, a 57-instruction difference per I/O).
+    #[inline(always)]
     fn queue(
         &mut self,
         mut sqe: Sqe,

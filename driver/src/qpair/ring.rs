@@ -160,7 +160,7 @@ impl Rings {
     }
 
     /// Writes `sqe` at the tail and advances it (no doorbell). Returns false if the SQ is full.
-    #[inline]
+    #[inline(always)]
     pub fn push(&mut self, sqe: &Sqe) -> bool {
         if self.sq_free() == 0 {
             return false;
