@@ -42,7 +42,10 @@ log() { echo "bench-guest: [$(uptime_s) s] $*"; }
 # ---------------------------------------------------------------------------------------------
 # 1. vfnvme over VFIO
 # ---------------------------------------------------------------------------------------------
-"$RIG_DIR/guest-bind.sh" --hugepages 64 || { log "guest-bind failed"; exit 1; }
+# A boot without the emulated IOMMU (RIG_IOMMU=0) binds in VFIO's no-IOMMU mode.
+NOIOMMU=
+[ "${RIG_IOMMU:-1}" = 0 ] && NOIOMMU=--noiommu
+"$RIG_DIR/guest-bind.sh" $NOIOMMU --hugepages 64 || { log "guest-bind failed"; exit 1; }
 BDFS=
 for d in /sys/bus/pci/devices/*; do
     [ "$(cat "$d/class")" = 0x010802 ] && BDFS="$BDFS $(basename "$d")"

@@ -25,6 +25,8 @@
 #                          CPU, in the same boot (see bench-guest.sh)                    [none]
 #   BENCH_BUILD=0          skip `cargo build --release -p vfnvme-tools`
 #   RIG_TIMEOUT            guest time limit (s)                                          [420]
+#   RIG_IOMMU=0            guest: boot without the emulated IOMMU (VFIO no-IOMMU mode; the
+#                          kernel driver then maps DMA directly too)                       [1]
 #
 # Every table is printed with the machine, the date and the exact commands, and the whole
 # report is written to $BENCH_OUT/results.md (raw JSON next to it).
@@ -37,7 +39,7 @@ PERF=$REPO/target/release/vfnvme-perf
 STAGES=("$@")
 [ ${#STAGES[@]} -gt 0 ] || STAGES=(sim callgrind guest)
 for s in "${STAGES[@]}"; do
-    case "$s" in sim|callgrind|guest) ;; -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+    case "$s" in sim|callgrind|guest) ;; -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown stage '$s' (sim, callgrind, guest)" >&2; exit 2 ;; esac
 done
 
@@ -361,12 +363,12 @@ stage_guest() {
     say ""
     say "## Guest (QEMU TCG): vfnvme over VFIO vs the kernel nvme driver, 4 KiB random reads"
     machine
-    say "Guest: $(grep -h '^guest_nproc=' "$genv" 2>/dev/null | cut -d= -f2) vCPUs ($(grep -h '^guest_cpu=' "$genv" 2>/dev/null | cut -d= -f2-)), kernel $(grep -h '^guest_kernel=' "$genv" 2>/dev/null | cut -d= -f2), 2 GiB; one boot, RIG_BACKING=null (null-co, read-zeroes=on), 2 controllers sharing namespace 1 (1 GiB, 512 B LBAs) behind the emulated intel-iommu; $G_REPS repeats of $G_SECS s after 1 s warm-up, interleaved; vfnvme-perf and fio on guest CPU 0. Boot exit code $rc; kernel head: $(grep -h '^kernel_head=' "$genv" 2>/dev/null | cut -d= -f2- | tr '\n' ' ')$(cat "$rd"/bench/kernel-poll.dmesg 2>/dev/null | tr -d '\r' | sed 's/^\[[^]]*\] //' | tr '\n' ' ')"
+    say "Guest: $(grep -h '^guest_nproc=' "$genv" 2>/dev/null | cut -d= -f2) vCPUs ($(grep -h '^guest_cpu=' "$genv" 2>/dev/null | cut -d= -f2-)), kernel $(grep -h '^guest_kernel=' "$genv" 2>/dev/null | cut -d= -f2), 2 GiB; one boot, RIG_BACKING=null (null-co, read-zeroes=on), 2 controllers sharing namespace 1 (1 GiB, 512 B LBAs) $([ "${RIG_IOMMU:-1}" = 0 ] && echo "without an IOMMU (VFIO no-IOMMU mode)" || echo "behind the emulated intel-iommu"); $G_REPS repeats of $G_SECS s after 1 s warm-up, interleaved; vfnvme-perf and fio on guest CPU 0. Boot exit code $rc; kernel head: $(grep -h '^kernel_head=' "$genv" 2>/dev/null | cut -d= -f2- | tr '\n' ' ')$(cat "$rd"/bench/kernel-poll.dmesg 2>/dev/null | tr -d '\r' | sed 's/^\[[^]]*\] //' | tr '\n' ' ')"
     say ""
     say "Commands:"
     say ""
     say '```'
-    say "RIG_BACKING=null RIG_TIMEOUT=${RIG_TIMEOUT:-420} tests/vm/run-guest.sh 'tests/vm/bench-guest.sh \$BENCH_OUT/vfnvme-perf /rig/bench $G_REPS $G_SECS $G_DEADLINE $G_AB'   # a copy of target/release/vfnvme-perf"
+    say "RIG_IOMMU=${RIG_IOMMU:-1} RIG_BACKING=null RIG_TIMEOUT=${RIG_TIMEOUT:-420} tests/vm/run-guest.sh 'tests/vm/bench-guest.sh \$BENCH_OUT/vfnvme-perf /rig/bench $G_REPS $G_SECS $G_DEADLINE $G_AB'   # a copy of target/release/vfnvme-perf"
     say "# in the guest, after guest-bind.sh --hugepages 64:"
     say "vfnvme-perf -r 0000:01:00.0 -q {1,32} -a 1 -t $G_SECS --json"
     say "vfnvme-perf -r 0000:01:00.0 -r 0000:02:00.0 --multipath -q {1,32} -a 1 -t $G_SECS --json"
