@@ -129,6 +129,7 @@ fn bad_arguments_exit_2_with_a_message() {
         (&["-q", "300"][..], "--io-queue-size"),
         (&["-w", "verify", "-r", "sim:null"][..], "null"),
         (&["-r", "nvme0"][..], "invalid target"),
+        (&["--control-core", "4095"][..], "--control-core 4095"),
     ] {
         let o = perf(args);
         let (_, err) = text(&o);
@@ -191,4 +192,22 @@ fn runs_without_shadow_doorbells() {
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
     assert!(out.contains("Total"), "{out}");
+}
+
+#[test]
+fn control_plane_on_a_chosen_core() {
+    // The control plane runs pinned to core 0 (the only core this test can count on), beside
+    // the I/O on core 0, for a multipath verify run.
+    let o = perf(&[
+        "-d",
+        "20000",
+        "--multipath",
+        "-w",
+        "verify",
+        "--control-core",
+        "0",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains(", 0 mismatches"), "{out}");
 }

@@ -89,7 +89,27 @@ pub fn plan(cfg: &Config, targets: &[NsTarget]) -> Result<Vec<Vec<NsPlan>>, Stri
 /// # Errors
 /// Opening targets, creating queues or buffers, or spawning threads.
 pub fn run(cfg: &Config, available: &[core_affinity::CoreId]) -> anyhow::Result<Report> {
-    let opened = target::open(cfg)?;
+    let opened = match cfg.control_core {
+        None => target::open(cfg)?,
+        // Open from a thread pinned to the control core: the control-plane thread it starts
+        // inherits that affinity, and the main thread keeps its own.
+        Some(c) => {
+            let id = available.iter().find(|x| x.id == c).copied();
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    match id {
+                        Some(id) if core_affinity::set_for_current(id) => {}
+                        _ => log::warn!(
+                            "--control-core {c}: could not pin; the control plane floats"
+                        ),
+                    }
+                    target::open(cfg)
+                })
+                .join()
+                .expect("the thread opening the targets panicked")
+            })?
+        }
+    };
     let result = run_opened(cfg, available, &opened);
     opened.close();
     result
