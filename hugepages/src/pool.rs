@@ -359,6 +359,18 @@ impl DmaBuf {
         self.region.store_u64(self.offset + offset, v)
     }
 
+    /// Reads a 16-byte entry whose last dword a device writes last (see
+    /// [`DmaRegion::load_entry16`]): the last dword with Acquire ordering, and the other three
+    /// only if `ready` accepts it.
+    ///
+    /// # Panics
+    /// If out of bounds or misaligned.
+    #[inline(always)]
+    pub fn load_entry16(&self, offset: usize, ready: impl FnOnce(u32) -> bool) -> Option<[u32; 4]> {
+        self.check(offset, 16);
+        self.region.load_entry16(self.offset + offset, ready)
+    }
+
     /// Loads a `u32` at a 4-aligned `offset` with Acquire ordering.
     ///
     /// # Panics

@@ -202,22 +202,20 @@ impl Rings {
     }
 
     /// The CQE at the head if the device has posted it (phase matches), without consuming it.
-    #[inline]
+    #[inline(always)]
     pub fn peek_cqe(&self) -> Option<Cqe> {
         let off = self.cq_head as usize * CQE_SIZE;
-        let dw3 = self.cq.load_u32_acquire(off + 12);
-        let status_phase = (dw3 >> 16) as u16;
-        if (status_phase & 1 == 1) != self.phase {
-            return None;
-        }
-        let dw2 = self.cq.load_u32(off + 8);
+        let phase = self.phase;
+        let [dw0, dw1, dw2, dw3] = self
+            .cq
+            .load_entry16(off, |dw3| ((dw3 >> 16) & 1 == 1) == phase)?;
         Some(Cqe {
-            dw0: self.cq.load_u32(off),
-            dw1: self.cq.load_u32(off + 4),
+            dw0,
+            dw1,
             sqhd: dw2 as u16,
             sqid: (dw2 >> 16) as u16,
             cid: dw3 as u16,
-            status_phase,
+            status_phase: (dw3 >> 16) as u16,
         })
     }
 
