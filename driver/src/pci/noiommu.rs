@@ -24,13 +24,17 @@ use super::sys;
 
 static WARN: Once = Once::new();
 
-/// Warns, once per process, that no-IOMMU mode gives devices unrestricted DMA.
+/// Warns, once per process, that no-IOMMU mode gives devices unrestricted DMA: through the
+/// application's logger when it shows warnings, else on stderr, so that it is never lost.
 pub fn warn_once() {
     WARN.call_once(|| {
         let msg = "vfnvme: VFIO no-IOMMU mode: the NVMe controllers can DMA to ANY physical \
                    memory of this machine (no IOMMU protection); use it only on test machines";
-        log::warn!("{msg}");
-        eprintln!("WARNING: {msg}");
+        if log::log_enabled!(log::Level::Warn) {
+            log::warn!("{msg}");
+        } else {
+            eprintln!("WARNING: {msg}");
+        }
     });
 }
 
