@@ -1,11 +1,16 @@
 //! The per-core channel of a multipath namespace.
 //!
 //! A [`Channel`] holds one queue pair per path and a slot per command it may have outstanding.
-//! Every in-flight command keeps its [`IoDesc`] (with its buffers) in its slot — the channel
-//! needs it anyway to hand the buffers back — so failover costs the common path nothing. When a
-//! completion calls for failover or retry, the slot goes onto the bounded requeue ring; a later
-//! poll rebuilds the command on a usable path: new command id, the nsid of that path's namespace,
-//! PRPs and metadata pointer in that path's DMA domain.
+//! Every in-flight command keeps what it needs to be rebuilt in its slot: its [`IoDesc`] (with
+//! its buffers, which the channel hands back anyway), or for a read or write on a registered
+//! buffer a compact record of lba, length and buffer index — so failover costs the common path
+//! nothing but that record. When a completion calls for failover or retry, the slot goes onto the
+//! bounded requeue ring; a later poll rebuilds the command on a usable path: new command id, the
+//! nsid of that path's namespace, PRPs and metadata pointer in that path's DMA domain. A command
+//! that keeps failing over gives up after the fast-fail time (ANATT during an ANA transition).
+//!
+//! The common case — a registered-buffer read or write submitted while the path view is current,
+//! and its successful completion — is inlined into the caller's loop; everything else is cold.
 //!
 //! Writes, and passthrough commands not marked idempotent, wait the failed controller's Command
 //! Quiesce Time (CQT, or `ChannelOptions::default_cqt_ms` when it reports 0) before they are
