@@ -11,6 +11,7 @@
 //! [`run`] ties them together; the binary only parses, calls it and prints.
 
 pub mod args;
+pub mod lathist;
 pub mod report;
 pub mod rng;
 pub mod target;

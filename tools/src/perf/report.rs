@@ -171,8 +171,9 @@ impl Report {
         if cfg.latency >= 1 && self.total.ios > 0 {
             let _ = writeln!(o, "\nSummary latency data (all cores, all namespaces):");
             let _ = writeln!(o, "{}", "=".repeat(48));
+            let hist = self.total.hist();
             for p in PERCENTILES {
-                let v = self.total.hist.value_at_quantile(p / 100.0);
+                let v = hist.value_at_quantile(p / 100.0);
                 let _ = writeln!(o, "  {:>9.5}% : {:>12.3}us", p, us(v));
             }
         }
@@ -276,13 +277,14 @@ impl Report {
                 v
             })
             .collect();
+        let hist = self.total.hist();
         let percentiles: serde_json::Map<String, Value> = PERCENTILES
             .iter()
             .map(|p| {
                 let v = if self.total.ios == 0 {
                     0.0
                 } else {
-                    us(self.total.hist.value_at_quantile(p / 100.0))
+                    us(hist.value_at_quantile(p / 100.0))
                 };
                 (format!("p{p}"), json!(v))
             })
@@ -358,8 +360,9 @@ pub fn histogram_buckets(s: &Stats) -> Vec<(u64, u64, u64, f64)> {
     }
     let mut from = 0;
     let mut seen = 0u64;
-    let total = s.hist.len();
-    for v in s.hist.iter_log(128, 2.0) {
+    let hist = s.hist();
+    let total = hist.len();
+    for v in hist.iter_log(128, 2.0) {
         let to = v.value_iterated_to();
         let n = v.count_since_last_iteration();
         seen += n;
@@ -386,7 +389,7 @@ mod tests {
     fn buckets_cover_everything() {
         let mut s = Stats::new();
         for v in [100u64, 200, 300, 5_000, 1_000_000] {
-            s.hist.record(v).unwrap();
+            s.lat.record(v);
             s.ios += 1;
         }
         let b = histogram_buckets(&s);

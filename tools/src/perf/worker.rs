@@ -25,6 +25,8 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Barrier};
 
 use hdrhistogram::Histogram;
+
+use super::lathist::LatHist;
 use vfnvme::qpair::SubmitError;
 use vfnvme::spec::Status;
 use vfnvme::{NsInfo, Outcome, QueueOptions, QueuePair};
@@ -293,8 +295,8 @@ pub struct Stats {
     pub lat_min_ns: u64,
     /// Largest latency, ns.
     pub lat_max_ns: u64,
-    /// Latency histogram, ns.
-    pub hist: Histogram<u64>,
+    /// Latency histogram, ns (see [`Stats::hist`] for percentiles).
+    pub lat: LatHist,
     /// Failures.
     pub errors: ErrorCounts,
 }
@@ -308,7 +310,7 @@ impl Stats {
             lat_sum_ns: 0,
             lat_min_ns: u64::MAX,
             lat_max_ns: 0,
-            hist: Histogram::new_with_bounds(1, HIST_MAX_NS, 3).expect("valid histogram bounds"),
+            lat: LatHist::new(HIST_MAX_NS),
             errors: ErrorCounts::default(),
         }
     }
@@ -320,7 +322,7 @@ impl Stats {
         self.lat_sum_ns += lat;
         self.lat_min_ns = self.lat_min_ns.min(lat);
         self.lat_max_ns = self.lat_max_ns.max(lat);
-        self.hist.saturating_record(lat.max(1));
+        self.lat.record(lat);
     }
 
     fn reset(&mut self) {
@@ -329,8 +331,14 @@ impl Stats {
         self.lat_sum_ns = 0;
         self.lat_min_ns = u64::MAX;
         self.lat_max_ns = 0;
-        self.hist.reset();
+        self.lat.reset();
         // Errors are kept: any failure, warm-up included, fails the run.
+    }
+
+    /// The latencies as an HDR histogram, for percentiles (built on each call: use it in
+    /// reports, not per I/O).
+    pub fn hist(&self) -> Histogram<u64> {
+        self.lat.to_hdr()
     }
 
     /// Adds `o` into `self`.
@@ -340,9 +348,7 @@ impl Stats {
         self.lat_sum_ns += o.lat_sum_ns;
         self.lat_min_ns = self.lat_min_ns.min(o.lat_min_ns);
         self.lat_max_ns = self.lat_max_ns.max(o.lat_max_ns);
-        self.hist
-            .add(&o.hist)
-            .expect("histograms with equal bounds");
+        self.lat.add(&o.lat);
         self.errors.merge(&o.errors);
     }
 }
