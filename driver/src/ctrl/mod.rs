@@ -1093,7 +1093,9 @@ impl Controller {
     }
 
     /// Orderly shutdown: delete the I/O queues, then CC.SHN = normal and wait for SHST = complete
-    /// (bounded by CAP.TO, or RTD3E when it is longer).
+    /// (bounded by CAP.TO, or RTD3E when it is longer). Dropping the last handle of a live
+    /// controller does the CC.SHN part too; calling this first deletes the queues and reports
+    /// errors.
     ///
     /// # Errors
     /// [`Error::Timeout`] if SHST does not reach complete; [`Error::DeviceGone`].
@@ -1116,31 +1118,7 @@ impl Controller {
                     .and_then(|_| self.admin(Sqe::delete_io_cq(qid)));
             }
         }
-        let f = &self.inner.func;
-        let cc = Cc::from(f.read32(offset::CC));
-        if u32::from(cc) == ALL_ONES_32 {
-            return Err(Error::DeviceGone {
-                ctrl: self.name().clone(),
-            });
-        }
-        f.write32(offset::CC, u32::from(cc.with_shn(regs::shn::NORMAL)));
-        let rtd3e = self
-            .inner
-            .info
-            .read()
-            .unwrap()
-            .as_ref()
-            .map_or(0, |i| i.identify.rtd3e as u64 / 1000);
-        let timeout = self.timeout().max(Duration::from_millis(rtd3e));
-        wait_for(
-            f.as_ref(),
-            self.name(),
-            "CSTS.SHST = complete",
-            timeout,
-            |c| Ok(c.shst() == regs::shst::COMPLETE),
-        )?;
-        self.inner.shared.transition(CtrlState::ShutDown, true);
-        Ok(())
+        self.inner.shutdown_handshake()
     }
 }
 
@@ -1186,5 +1164,45 @@ impl Drop for ControlPlane {
 impl Inner {
     fn pending_events(&self) -> std::sync::MutexGuard<'_, Vec<AsyncEvent>> {
         self.events.lock().unwrap()
+    }
+
+    /// CC.SHN = normal, then wait for CSTS.SHST = complete (bounded by CAP.TO, or RTD3E when it
+    /// is longer); the state becomes `ShutDown`.
+    fn shutdown_handshake(&self) -> Result<(), Error> {
+        let f = &self.func;
+        let name = &self.shared.name;
+        let cc = Cc::from(f.read32(offset::CC));
+        if u32::from(cc) == ALL_ONES_32 {
+            return Err(Error::DeviceGone { ctrl: name.clone() });
+        }
+        f.write32(offset::CC, u32::from(cc.with_shn(regs::shn::NORMAL)));
+        let rtd3e = self
+            .info
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or(0, |i| i.identify.rtd3e as u64 / 1000);
+        let timeout = Duration::from_millis(self.cap.timeout_ms().max(500).max(rtd3e));
+        wait_for(f.as_ref(), name, "CSTS.SHST = complete", timeout, |c| {
+            Ok(c.shst() == regs::shst::COMPLETE)
+        })?;
+        self.shared.transition(CtrlState::ShutDown, true);
+        Ok(())
+    }
+}
+
+impl Drop for Inner {
+    /// The last handle on a live controller is gone without [`Controller::shutdown`]: shut it
+    /// down anyway (CC.SHN), so that its volatile write cache is flushed and it stops using host
+    /// memory before that memory can be reused. A failed, removed or already shut down
+    /// controller is left alone.
+    fn drop(&mut self) {
+        if self.shared.state() != CtrlState::Live {
+            return;
+        }
+        log::debug!("{}: dropped while live; shutting down", self.shared.name);
+        if let Err(e) = self.shutdown_handshake() {
+            log::warn!("{}: shutdown on drop: {e}", self.shared.name);
+        }
     }
 }

@@ -571,6 +571,33 @@ fn shutdown_leaves_the_device_shut_down() {
 }
 
 #[test]
+fn dropping_the_last_handle_of_a_live_controller_shuts_it_down() {
+    // Arrange: a live controller with a clone; its I/O queue pair is gone.
+    let r = rig();
+    let sim = r.sim.controller(0);
+    let clone = r.ctrl.clone();
+    assert_ne!(sim.shutdown_state(), crate::spec::regs::shst::COMPLETE);
+    // Act 1: dropping one of two handles does nothing.
+    drop(r.ctrl);
+    assert_ne!(sim.shutdown_state(), crate::spec::regs::shst::COMPLETE);
+    // Act 2: dropping the last one shuts the device down (CC.SHN, SHST complete).
+    drop(clone);
+    assert_eq!(sim.shutdown_state(), crate::spec::regs::shst::COMPLETE);
+}
+
+#[test]
+fn dropping_a_removed_controller_does_not_touch_it() {
+    let r = rig();
+    let sim = r.sim.controller(0);
+    sim.faults().surprise_remove();
+    r.ctrl.service(); // notices the removal
+    assert_eq!(r.ctrl.state(), CtrlState::Removed);
+    drop(r.ctrl);
+    sim.faults().restore();
+    assert_ne!(sim.shutdown_state(), crate::spec::regs::shst::COMPLETE);
+}
+
+#[test]
 fn admin_interface() {
     let r = rig();
     // Log page with an offset: the second half of SMART equals the tail of the whole page.
