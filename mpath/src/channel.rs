@@ -588,7 +588,6 @@ impl Channel {
         self.owned[slot as usize] = Some(desc);
         self.store(slot, Held::Owned);
         self.start(slot).map_err(|reason| {
-            self.entries[slot as usize].held = Held::Empty;
             let desc = self.owned[slot as usize].take().expect("just stored");
             Box::new(Refused { reason, desc })
         })
@@ -645,7 +644,7 @@ impl Channel {
                     );
                     return match self.send_rw(p, slot, write, lba, blocks, buf) {
                         Ok(()) => Ok(()),
-                        Err(e) => self.fixed_refused(slot, Some((p, e))),
+                        Err(e) => self.start_slow(slot, Some((p, e))),
                     };
                 }
             }
@@ -688,29 +687,12 @@ impl Channel {
             }
         };
         self.store(slot, held);
-        let r = self.start(slot);
-        r.inspect_err(|_| {
-            self.entries[slot as usize].held = Held::Empty;
-        })
-    }
-
-    /// A registered-buffer command the first path refused: tries the others (or parks it) and,
-    /// on refusal, frees its slot.
-    #[cold]
-    #[inline(never)]
-    fn fixed_refused(
-        &mut self,
-        slot: u32,
-        first: Option<(usize, SubmitError)>,
-    ) -> Result<(), RefuseReason> {
-        self.start_slow(slot, first).inspect_err(|_| {
-            self.entries[slot as usize].held = Held::Empty;
-        })
+        self.start(slot)
     }
 
     /// Sends a freshly stored slot to a path, or parks it on the requeue ring when no path is
-    /// usable but one may come back. On refusal the slot is freed (the caller takes its
-    /// descriptor back first).
+    /// usable but one may come back. On refusal the slot is emptied and freed (an owned descriptor
+    /// stays in `owned` for the caller to take back).
     #[inline]
     fn start(&mut self, slot: u32) -> Result<(), RefuseReason> {
         let first = match self.pick_any() {
@@ -724,7 +706,8 @@ impl Channel {
     }
 
     /// The rest of [`Channel::start`], off the common path: learns from the first path's refusal
-    /// (`first`), then tries the other paths or parks the slot on the requeue ring.
+    /// (`first`), then tries the other paths or parks the slot on the requeue ring; on refusal,
+    /// empties and frees the slot.
     #[cold]
     #[inline(never)]
     fn start_slow(
@@ -763,6 +746,7 @@ impl Channel {
                 e => break RefuseReason::Invalid(e.to_string()),
             }
         };
+        self.entries[slot as usize].held = Held::Empty;
         self.free.push(slot);
         Err(r)
     }
