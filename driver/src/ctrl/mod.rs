@@ -910,27 +910,37 @@ impl Controller {
         Ok(())
     }
 
+    /// Queue ids whose device queues exist now: created in the current reset epoch.
+    fn device_qids(&self) -> Vec<u16> {
+        let epoch = self.inner.shared.load().epoch();
+        self.inner
+            .queues
+            .lock()
+            .unwrap()
+            .live
+            .iter()
+            .filter(|q| q.sync.live() == epoch)
+            .map(|q| q.qid)
+            .collect()
+    }
+
+    /// Deletes the device's I/O queue pair `qid`: the SQ first, then its CQ.
+    fn delete_device_queue(&self, qid: u16) -> Result<(), Error> {
+        self.admin(Sqe::delete_io_sq(qid))?;
+        self.admin(Sqe::delete_io_cq(qid))?;
+        Ok(())
+    }
+
     /// Deletes the device queues of dropped queue pairs (SQ first, then CQ).
     fn delete_dropped_queues(&self) {
         let dropped: Vec<u16> = std::mem::take(&mut *self.inner.released.lock().unwrap());
         if dropped.is_empty() {
             return;
         }
-        let epoch = self.inner.shared.load().epoch();
+        let on_device = self.device_qids();
         for qid in dropped {
-            let exists = self
-                .inner
-                .queues
-                .lock()
-                .unwrap()
-                .live
-                .iter()
-                .any(|r| r.qid == qid && r.sync.live() == epoch);
-            if exists && self.state() == CtrlState::Live {
-                if let Err(e) = self
-                    .admin(Sqe::delete_io_sq(qid))
-                    .and_then(|_| self.admin(Sqe::delete_io_cq(qid)))
-                {
+            if on_device.contains(&qid) && self.state() == CtrlState::Live {
+                if let Err(e) = self.delete_device_queue(qid) {
                     log::warn!("{}: deleting queue {qid}: {e}", self.name());
                 }
             }
@@ -1101,21 +1111,8 @@ impl Controller {
     /// [`Error::Timeout`] if SHST does not reach complete; [`Error::DeviceGone`].
     pub fn shutdown(&self) -> Result<(), Error> {
         if self.state() == CtrlState::Live {
-            let epoch = self.inner.shared.load().epoch();
-            let qids: Vec<u16> = self
-                .inner
-                .queues
-                .lock()
-                .unwrap()
-                .live
-                .iter()
-                .filter(|q| q.sync.live() == epoch)
-                .map(|q| q.qid)
-                .collect();
-            for qid in qids {
-                let _ = self
-                    .admin(Sqe::delete_io_sq(qid))
-                    .and_then(|_| self.admin(Sqe::delete_io_cq(qid)));
+            for qid in self.device_qids() {
+                let _ = self.delete_device_queue(qid);
             }
         }
         self.inner.shutdown_handshake()
