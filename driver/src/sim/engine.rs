@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use vfnvme_hugepages::DmaRegion;
 use zerocopy::{FromZeros, IntoBytes};
 
 use crate::spec::log::{AsyncEvent, ErrorLogEntry};
@@ -50,44 +51,41 @@ pub(crate) const INVALID_FIELD: Status = dnr(sct::GENERIC, generic::INVALID_FIEL
 pub(crate) const INVALID_OPCODE: Status = dnr(sct::GENERIC, generic::INVALID_OPCODE);
 pub(crate) const INVALID_NS: Status = dnr(sct::GENERIC, generic::INVALID_NAMESPACE);
 
-/// Copies `data` to the host buffer described by the command's PRPs.
-pub(crate) fn dma_out(sq: &mut Sq, sqe: &Sqe, data: &[u8]) -> Result<(), Status> {
+/// Walks the command's PRPs for `len` bytes and calls `f(region, offset, range)` for each host
+/// segment in order, `range` being that segment's bytes within the transfer.
+fn for_each_segment(
+    sq: &mut Sq,
+    sqe: &Sqe,
+    len: usize,
+    mut f: impl FnMut(&DmaRegion, usize, std::ops::Range<usize>),
+) -> Result<(), Status> {
     prp::walk(
         &mut sq.view,
         sqe.prp1,
         sqe.prp2,
-        data.len(),
+        len,
         sq.page_shift,
         &mut sq.segs,
     )?;
     let mut pos = 0;
     for s in &sq.segs {
-        sq.view
-            .region(s.loc)
-            .write(s.loc.offset, &data[pos..pos + s.len]);
+        f(sq.view.region(s.loc), s.loc.offset, pos..pos + s.len);
         pos += s.len;
     }
     Ok(())
 }
 
+/// Copies `data` to the host buffer described by the command's PRPs.
+pub(crate) fn dma_out(sq: &mut Sq, sqe: &Sqe, data: &[u8]) -> Result<(), Status> {
+    for_each_segment(sq, sqe, data.len(), |r, off, range| {
+        r.write(off, &data[range])
+    })
+}
+
 /// Copies the host buffer described by the command's PRPs into `buf`.
 pub(crate) fn dma_in(sq: &mut Sq, sqe: &Sqe, buf: &mut [u8]) -> Result<(), Status> {
-    prp::walk(
-        &mut sq.view,
-        sqe.prp1,
-        sqe.prp2,
-        buf.len(),
-        sq.page_shift,
-        &mut sq.segs,
-    )?;
-    let mut pos = 0;
-    for s in &sq.segs {
-        sq.view
-            .region(s.loc)
-            .read(s.loc.offset, &mut buf[pos..pos + s.len]);
-        pos += s.len;
-    }
-    Ok(())
+    let len = buf.len();
+    for_each_segment(sq, sqe, len, |r, off, range| r.read(off, &mut buf[range]))
 }
 
 impl SimController {

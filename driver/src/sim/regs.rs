@@ -13,7 +13,7 @@
 //!   or value) if an AER is outstanding.
 //! * After surprise removal every read returns all-ones and writes are ignored.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use crate::spec::log::{aer_error, aer_type, AsyncEvent};
@@ -296,12 +296,8 @@ impl SimController {
             let Some(slot) = self.sqs.get(qid) else {
                 return self.bad_doorbell(aer_error::INVALID_DOORBELL_REGISTER);
             };
-            let size = slot.size.load(Ordering::Acquire);
-            if size == 0 {
-                return self.bad_doorbell(aer_error::INVALID_DOORBELL_REGISTER);
-            }
-            if v >= size {
-                return self.bad_doorbell(aer_error::INVALID_DOORBELL_VALUE);
+            if !self.doorbell_value_ok(&slot.size, v) {
+                return;
             }
             slot.tail_db.store(v, Ordering::Release);
             if self.shared.cfg.inline {
@@ -311,12 +307,8 @@ impl SimController {
             let Some(slot) = self.cqs.get(qid) else {
                 return self.bad_doorbell(aer_error::INVALID_DOORBELL_REGISTER);
             };
-            let size = slot.size.load(Ordering::Acquire);
-            if size == 0 {
-                return self.bad_doorbell(aer_error::INVALID_DOORBELL_REGISTER);
-            }
-            if v >= size {
-                return self.bad_doorbell(aer_error::INVALID_DOORBELL_VALUE);
+            if !self.doorbell_value_ok(&slot.size, v) {
+                return;
             }
             slot.head_db.store(v, Ordering::Release);
             if self.shared.cfg.inline {
@@ -325,6 +317,21 @@ impl SimController {
                 self.work_hint.store(true, Ordering::Release);
             }
         }
+    }
+
+    /// Checks a doorbell write of `v` for a queue of `size` entries (0: no such queue); on a bad
+    /// one, reports it as the spec's error event and returns false.
+    fn doorbell_value_ok(&self, size: &AtomicU32, v: u32) -> bool {
+        let size = size.load(Ordering::Acquire);
+        if size == 0 {
+            self.bad_doorbell(aer_error::INVALID_DOORBELL_REGISTER);
+            return false;
+        }
+        if v >= size {
+            self.bad_doorbell(aer_error::INVALID_DOORBELL_VALUE);
+            return false;
+        }
+        true
     }
 
     fn bad_doorbell(&self, info: u8) {
