@@ -41,6 +41,13 @@ def log(rundir, msg):
         f.write(line)
 
 
+def qemu_threads(rundir):
+    """Thread ids of this boot's QEMU (from RUNDIR/qemu.pid)."""
+    with open(os.path.join(rundir, "qemu.pid")) as f:
+        pid = int(f.read().split()[0])
+    return [int(t) for t in os.listdir("/proc/%d/task" % pid)]
+
+
 def set_timerslack(rundir, value):
     """Writes VALUE (ns) to the timer slack of every thread of this boot's QEMU."""
     try:
@@ -50,12 +57,10 @@ def set_timerslack(rundir, value):
     except ValueError:
         return False, "bad timer slack %r (want a positive number of ns)" % value
     try:
-        with open(os.path.join(rundir, "qemu.pid")) as f:
-            pid = int(f.read().split()[0])
-        tids = os.listdir("/proc/%d/task" % pid)
+        tids = qemu_threads(rundir)
         for tid in tids:
             # /proc/TID/timerslack_ns (not under task/: that directory has no such file)
-            with open("/proc/%s/timerslack_ns" % tid, "w") as f:
+            with open("/proc/%d/timerslack_ns" % tid, "w") as f:
                 f.write("%d\n" % ns)
     except (OSError, ValueError, IndexError) as e:
         return False, "cannot set QEMU's timer slack: %s" % e
@@ -72,15 +77,13 @@ def pin(sock, how):
     if len(cpus) < 2:
         return False, "pinning needs two host CPUs (have %d)" % len(cpus)
     try:
-        with open(os.path.join(rundir, "qemu.pid")) as f:
-            pid = int(f.read().split()[0])
         q = QMP(sock, timeout=30.0)
         try:
             reply = q.cmd("query-cpus-fast")
         finally:
             q.sock.close()
         vcpu0 = [c["thread-id"] for c in reply["return"] if c.get("cpu-index") == 0][0]
-        tids = [int(t) for t in os.listdir("/proc/%d/task" % pid)]
+        tids = qemu_threads(rundir)
         for tid in tids:
             if how == "off":
                 mask = set(cpus)

@@ -318,21 +318,26 @@ mod tests {
     use super::*;
     use std::os::fd::AsFd;
 
-    /// A file-backed mapping past the end of the file faults with SIGBUS, as a vanished device's
-    /// BAR does: the guard must turn it into all-ones.
-    #[test]
-    fn sigbus_in_a_guarded_bar_reads_all_ones() {
-        let dir = std::env::temp_dir().join(format!("vfnvme-mmio-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("bar");
+    /// A fresh `len`-byte file `dir/bar` (the directory is created), to map as a fake BAR.
+    fn bar_file(dir: &std::path::Path, len: u64) -> std::fs::File {
+        std::fs::create_dir_all(dir).unwrap();
         let f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
-            .open(&path)
+            .open(dir.join("bar"))
             .unwrap();
-        f.set_len(16384).unwrap();
+        f.set_len(len).unwrap();
+        f
+    }
+
+    /// A file-backed mapping past the end of the file faults with SIGBUS, as a vanished device's
+    /// BAR does: the guard must turn it into all-ones.
+    #[test]
+    fn sigbus_in_a_guarded_bar_reads_all_ones() {
+        let dir = std::env::temp_dir().join(format!("vfnvme-mmio-{}", std::process::id()));
+        let f = bar_file(&dir, 16384);
         let bar = Bar::map(f.as_fd(), 0, 16384).unwrap();
         bar.write32(0x14, 0x1234_5678);
         assert_eq!(bar.read32(0x14), 0x1234_5678);
@@ -350,15 +355,7 @@ mod tests {
     #[test]
     fn detach_reads_all_ones() {
         let dir = std::env::temp_dir().join(format!("vfnvme-mmio-d-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.join("bar"))
-            .unwrap();
-        f.set_len(4096).unwrap();
+        let f = bar_file(&dir, 4096);
         let bar = Bar::map(f.as_fd(), 0, 4096).unwrap();
         bar.write32(0, 7);
         bar.detach().unwrap();
@@ -372,15 +369,7 @@ mod tests {
     #[should_panic(expected = "out of bounds")]
     fn out_of_bounds_access_panics() {
         let dir = std::env::temp_dir().join(format!("vfnvme-mmio-o-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.join("bar"))
-            .unwrap();
-        f.set_len(4096).unwrap();
+        let f = bar_file(&dir, 4096);
         let bar = Bar::map(f.as_fd(), 0, 4096).unwrap();
         bar.read32(4096);
     }
