@@ -1,15 +1,17 @@
 //! The common-path cost of a multipath channel against a bare queue pair, without a benchmark
 //! tool around them: `N` 4 KiB reads at queue depth 32 on the inline simulator's null namespace,
-//! through a `QueuePair` or a `Channel` (registered buffers). Meant for instruction counts:
-//! `valgrind --tool=callgrind target/release/examples/overhead {qp|ch} N`, twice with different
-//! `N`, difference divided by the difference of `N`.
+//! through a `QueuePair` or a `Channel` (registered buffers; optional third and fourth arguments:
+//! the policy, as `vfnvme-perf --policy` takes it, round-robin by default, and the number of
+//! paths, 1 by default). Meant for instruction counts:
+//! `valgrind --tool=callgrind target/release/examples/overhead {qp|ch} N [POLICY [PATHS]]`, twice
+//! with different `N`, difference divided by the difference of `N`.
 
 use std::sync::Arc;
 
 use vfnvme::sim::{NsConfig, SimSubsystem};
 use vfnvme::{Controller, ControllerOptions, QueueOptions};
 use vfnvme_hugepages::{DmaBuf, DmaPool, PagePolicy};
-use vfnvme_mpath::{Channel, ChannelOptions, IoKind, Subsystem};
+use vfnvme_mpath::{Channel, ChannelOptions, IoKind, Policy, Subsystem};
 
 const QD: usize = 32;
 
@@ -20,8 +22,15 @@ fn main() {
         .next()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
+    let policy: Policy = match args.next() {
+        Some(p) => p.parse().unwrap_or_else(|e| panic!("{e}")),
+        None => Policy::default(),
+    };
+    let paths: usize = args
+        .next()
+        .map_or(1, |p| p.parse().expect("PATHS is a number"));
     let sim = SimSubsystem::builder()
-        .controllers(1)
+        .controllers(paths.max(1))
         .namespace(NsConfig::null(1, 1 << 30))
         .build();
     let pool = DmaPool::new(PagePolicy::Small);
@@ -54,7 +63,16 @@ fn main() {
             }
         }
     } else {
-        let ns = Subsystem::group(vec![ctrl])
+        let mut ctrls = vec![ctrl];
+        for i in 1..paths {
+            let c = Controller::open(
+                sim.controller(i),
+                pool.clone(),
+                ControllerOptions::default(),
+            );
+            ctrls.push(c.unwrap());
+        }
+        let ns = Subsystem::group(ctrls)
             .unwrap()
             .remove(0)
             .namespace(1)
@@ -63,6 +81,7 @@ fn main() {
             &ns,
             ChannelOptions {
                 slots: QD,
+                policy,
                 ..Default::default()
             },
         )

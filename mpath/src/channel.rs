@@ -272,7 +272,13 @@ pub struct Channel {
     /// changes; the common-case pick reads only this.
     tier: Vec<usize>,
     tier_dirty: bool,
+    /// The path every common-case pick returns until the path view or the policy changes
+    /// (active-passive, or a single usable path), else [`NO_PATH`]; rebuilt with `tier`.
+    sole: usize,
 }
+
+/// No path: [`Channel::sole`] when the pick varies per command, `Entry::path` while parked.
+const NO_PATH: usize = usize::MAX;
 
 /// What the channel needs to know about one path's controller.
 #[derive(Clone, Copy)]
@@ -351,6 +357,7 @@ impl Channel {
             stats: ChannelStats::default(),
             tier: Vec::with_capacity(n),
             tier_dirty: true,
+            sole: NO_PATH,
         };
         ch.refresh();
         Ok(ch)
@@ -364,6 +371,7 @@ impl Channel {
     /// Switches the path policy.
     pub fn set_policy(&mut self, policy: Policy) {
         self.opts.policy = policy;
+        self.tier_dirty = true;
     }
 
     /// What the channel did so far.
@@ -412,6 +420,8 @@ impl Channel {
         }
     }
 
+    #[cold]
+    #[inline(never)]
     fn rebuild_tier(&mut self) {
         self.tier_dirty = false;
         self.tier.clear();
@@ -422,22 +432,67 @@ impl Channel {
         };
         self.tier
             .extend((0..self.status.len()).filter(|&i| self.status[i] == best));
+        // Active-passive picks the same path until a status changes; so does any policy when
+        // one path is usable (round-robin's turn restarts on it).
+        self.sole = match self.opts.policy {
+            Policy::ActivePassive { .. } => self.pick(None).unwrap_or(NO_PATH),
+            _ if self.tier.len() == 1 => {
+                self.selector.restart_on(self.tier[0]);
+                self.tier[0]
+            }
+            _ => NO_PATH,
+        };
     }
 
-    /// The common-case pick: no path to avoid. Round-robin rotates over the cached tier without
-    /// looking at anything else; the other policies take the general path.
+    /// The common-case pick: no path to avoid. A pick that cannot vary until the path view
+    /// changes is cached (`sole`); round-robin and least-queue-depth work over the cached tier
+    /// without looking at anything else.
     #[inline]
     fn pick_any(&mut self) -> Option<usize> {
         if self.tier_dirty {
             self.rebuild_tier();
         }
+        if self.sole != NO_PATH {
+            return Some(self.sole);
+        }
         if let Policy::RoundRobin { min_ios } = self.opts.policy {
             return self.selector.round_robin(&self.tier, min_ios);
         }
-        self.pick(None)
+        self.pick_other()
     }
 
+    /// The common-case pick of least-queue-depth over more than one path, or of active-passive
+    /// with no usable path. Out of line: inlined, it made the other cases' code worse.
+    #[inline(never)]
+    fn pick_other(&mut self) -> Option<usize> {
+        match self.opts.policy {
+            Policy::LeastQueueDepth => self.least_queue_depth(),
+            _ => self.pick(None),
+        }
+    }
+
+    /// Least queue depth over the cached tier: the first path with the fewest commands in flight
+    /// (what [`Selector::pick`] chooses, without rebuilding the tier).
+    #[inline]
+    fn least_queue_depth(&self) -> Option<usize> {
+        let mut best = None;
+        let mut depth = usize::MAX;
+        for &i in &self.tier {
+            let d = self.qps[i].as_ref().map_or(usize::MAX, |q| q.in_flight());
+            if d < depth || best.is_none() {
+                best = Some(i);
+                depth = d;
+            }
+        }
+        best
+    }
+
+    /// The general pick. A pick that avoids a path may move the selector's turn, so the cached
+    /// `sole` is recomputed before the next common-case pick.
     fn pick(&mut self, exclude: Option<usize>) -> Option<usize> {
+        if exclude.is_some() {
+            self.tier_dirty = true;
+        }
         if matches!(self.opts.policy, Policy::LeastQueueDepth) {
             for (i, q) in self.qps.iter().enumerate() {
                 self.in_flight[i] = q.as_ref().map_or(0, |q| q.in_flight());
@@ -483,7 +538,11 @@ impl Channel {
             ..
         } = self.entries[slot as usize].held
         {
-            return self.send_rw(p, slot, write, lba, blocks, buf);
+            let r = self.send_rw(p, slot, write, lba, blocks, buf);
+            if r.is_ok() {
+                self.entries[slot as usize].path = p as u16;
+            }
+            return r;
         }
         let qp = self.qps[p].as_mut().expect("picked path has a queue pair");
         let info = &self.params[p].info;
@@ -519,7 +578,8 @@ impl Channel {
         r
     }
 
-    /// Queues a read or write on registered buffer `buf` on path `p` and records the path.
+    /// Queues a read or write on registered buffer `buf` on path `p` (the caller records the
+    /// path).
     #[inline(always)]
     fn send_rw(
         &mut self,
@@ -533,15 +593,11 @@ impl Channel {
         let qp = self.qps[p].as_mut().expect("picked path has a queue pair");
         let (info, b) = (&self.params[p].info, &self.fixed_bufs[buf as usize]);
         let tag = slot as u64;
-        let r = if write {
+        if write {
             qp.write(info, lba, blocks, b, 0, tag)
         } else {
             qp.read(info, lba, blocks, b, 0, tag)
-        };
-        if r.is_ok() {
-            self.entries[slot as usize].path = p as u16;
         }
-        r
     }
 
     /// Queues a passthrough command with the nsid of this path's namespace.
@@ -559,11 +615,12 @@ impl Channel {
         qp.passthru(&cmd, data.map(DataRef::whole), md.map(DataRef::whole), tag)
     }
 
-    /// Stores a new command in a free slot (retry and failover state cleared).
+    /// Stores a new command in a free slot, bound for `path` (retry and failover state cleared).
     #[inline]
-    fn store(&mut self, slot: u32, held: Held) {
+    fn store(&mut self, slot: u32, held: Held, path: usize) {
         let e = &mut self.entries[slot as usize];
         e.held = held;
+        e.path = path as u16;
         e.retries = 0;
         e.failovers = 0;
         e.failing_since_ns = 0;
@@ -586,7 +643,7 @@ impl Channel {
             }));
         };
         self.owned[slot as usize] = Some(desc);
-        self.store(slot, Held::Owned);
+        self.store(slot, Held::Owned, NO_PATH);
         self.start(slot).map_err(|reason| {
             let desc = self.owned[slot as usize].take().expect("just stored");
             Box::new(Refused { reason, desc })
@@ -625,12 +682,11 @@ impl Channel {
         // The common case, small enough to inline into the caller's loop: a read or write, the
         // path view current, a free slot, and the picked path takes it.
         if let IoKind::Read { lba, blocks } | IoKind::Write { lba, blocks } = kind {
-            if self.generation == self.ns.generation()
-                && (buf as usize) < self.fixed_bufs.len()
-                && !self.free.is_empty()
-            {
+            if self.generation == self.ns.generation() && (buf as usize) < self.fixed_bufs.len() {
+                let Some(slot) = self.free.pop() else {
+                    return Err(RefuseReason::Full);
+                };
                 if let Some(p) = self.pick_any() {
-                    let slot = self.free.pop().expect("checked not empty");
                     let write = matches!(kind, IoKind::Write { .. });
                     self.store(
                         slot,
@@ -641,12 +697,15 @@ impl Channel {
                             buf,
                             tag,
                         },
+                        p,
                     );
                     return match self.send_rw(p, slot, write, lba, blocks, buf) {
                         Ok(()) => Ok(()),
                         Err(e) => self.start_slow(slot, Some((p, e))),
                     };
                 }
+                // No usable path now: the slow path parks it or refuses it.
+                self.free.push(slot);
             }
         }
         self.submit_fixed_slow(kind, buf, tag)
@@ -686,7 +745,7 @@ impl Channel {
                 }
             }
         };
-        self.store(slot, held);
+        self.store(slot, held, NO_PATH);
         self.start(slot)
     }
 
@@ -725,7 +784,7 @@ impl Channel {
                             let now = self.now_ns();
                             let wait = self.hold_ns();
                             let e = &mut self.entries[slot as usize];
-                            e.path = u16::MAX; // on no path yet: none to avoid
+                            e.path = NO_PATH as u16; // on no path yet: none to avoid
                             e.not_before_ns = now;
                             e.deadline_ns = now + wait;
                             self.requeue.push(slot);

@@ -58,6 +58,12 @@ pub struct Selector {
 }
 
 impl Selector {
+    /// Makes `path` the current turn (the only usable path): what [`Selector::round_robin`] does
+    /// each time it is given a single path, done once while that stays so.
+    pub fn restart_on(&mut self, path: usize) {
+        self.current = path;
+    }
+
     /// Round-robin over `tier` (the usable paths of the best ANA tier, in ascending order) with
     /// at least `min_ios` commands per turn: the channel's common-case pick. It shares its state
     /// with [`Selector::pick`], so both take turns in the same order.

@@ -706,3 +706,116 @@ fn registered_buffers_backpressure_and_passthrough() {
     }
     assert_eq!(ch.outstanding(), 0);
 }
+
+/// Eight registered-buffer reads submitted back to back, then completed (each must succeed).
+/// Returns how many reached each controller.
+fn burst(w: &World, ch: &mut Channel) -> [u64; 2] {
+    let reads = |i: usize| w.sim.controller(i).stats().io(NvmOpcode::READ.0);
+    let before = [reads(0), reads(1)];
+    for i in 0..8u32 {
+        let kind = IoKind::Read {
+            lba: u64::from(i * IO_BLOCKS),
+            blocks: IO_BLOCKS,
+        };
+        ch.submit_fixed(kind, i, u64::from(i)).unwrap();
+    }
+    let start = Instant::now();
+    let mut done = 0;
+    while done < 8 {
+        ch.poll(8, |c| {
+            assert_eq!(c.result, Ok(0), "read {}", c.tag);
+            done += 1;
+        });
+        assert!(start.elapsed() < Duration::from_secs(10), "burst stuck");
+    }
+    [reads(0) - before[0], reads(1) - before[1]]
+}
+
+/// Sets path `i`'s ANA state and waits until the control plane has published it.
+fn set_ana(w: &World, i: usize, state: AnaState, want: vfnvme_mpath::PathStatus) {
+    w.sim.controller(i).faults().set_ana_state(1, state);
+    until("the ANA change to be published", || {
+        w.ns.path(i).status() == want
+    });
+}
+
+#[test]
+fn policies_pick_paths_as_documented_and_switch_at_run_time() {
+    use vfnvme_mpath::PathStatus::{NonOptimized, Optimized};
+    // Arrange: two paths, a control plane that follows ANA changes, eight registered buffers.
+    let w = world(1);
+    let _cp = MpathControl::new(
+        std::slice::from_ref(&w.ns),
+        ReconnectOptions {
+            interval: Duration::from_millis(1),
+            ..Default::default()
+        },
+    )
+    .spawn();
+    let mut ch = Channel::new(
+        &w.ns,
+        ChannelOptions {
+            policy: Policy::ActivePassive {
+                preferred: 1,
+                failback: true,
+            },
+            ..chan_opts()
+        },
+    )
+    .unwrap();
+    let bufs: Vec<_> = (0..8)
+        .map(|_| w.pool.alloc(IO_BYTES, 4096).unwrap())
+        .collect();
+    ch.register_buffers(bufs.into()).unwrap();
+
+    // Active-passive: everything on the preferred path; on the optimized path while the
+    // preferred one is only non-optimized; back on the preferred one when it recovers.
+    assert_eq!(burst(&w, &mut ch), [0, 8], "preferred path");
+    set_ana(&w, 1, AnaState::NON_OPTIMIZED, NonOptimized);
+    assert_eq!(
+        burst(&w, &mut ch),
+        [8, 0],
+        "optimized path over the preferred one"
+    );
+    set_ana(&w, 1, AnaState::OPTIMIZED, Optimized);
+    assert_eq!(burst(&w, &mut ch), [0, 8], "failback");
+
+    // Without failback, I/O stays where it went.
+    ch.set_policy(Policy::ActivePassive {
+        preferred: 1,
+        failback: false,
+    });
+    assert_eq!(burst(&w, &mut ch), [0, 8], "still on the preferred path");
+    set_ana(&w, 1, AnaState::NON_OPTIMIZED, NonOptimized);
+    assert_eq!(burst(&w, &mut ch), [8, 0]);
+    set_ana(&w, 1, AnaState::OPTIMIZED, Optimized);
+    assert_eq!(burst(&w, &mut ch), [8, 0], "no failback");
+
+    // Round-robin alternates, or takes turns of min_ios commands.
+    ch.set_policy(Policy::RoundRobin { min_ios: 1 });
+    assert_eq!(burst(&w, &mut ch), [4, 4], "round-robin");
+    ch.set_policy(Policy::RoundRobin { min_ios: 8 });
+    // The turn on path 1 (one command so far) runs to 8 commands, then path 0 takes its 8.
+    assert_eq!(burst(&w, &mut ch), [1, 7], "turns of 8");
+    assert_eq!(burst(&w, &mut ch), [7, 1], "turns of 8");
+
+    // Least queue depth balances a burst, and prefers an optimized path over a shallower one.
+    ch.set_policy(Policy::LeastQueueDepth);
+    assert_eq!(burst(&w, &mut ch), [4, 4], "least queue depth");
+    set_ana(&w, 0, AnaState::NON_OPTIMIZED, NonOptimized);
+    assert_eq!(burst(&w, &mut ch), [0, 8], "optimized first");
+    // With the optimized path gone, the non-optimized one takes everything (every policy).
+    set_ana(
+        &w,
+        1,
+        AnaState::INACCESSIBLE,
+        vfnvme_mpath::PathStatus::Waiting,
+    );
+    assert_eq!(
+        burst(&w, &mut ch),
+        [8, 0],
+        "non-optimized when nothing better"
+    );
+    ch.set_policy(Policy::RoundRobin { min_ios: 1 });
+    assert_eq!(burst(&w, &mut ch), [8, 0]);
+}

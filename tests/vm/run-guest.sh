@@ -29,6 +29,7 @@
 #   RIG_RUNDIR=DIR     per-run dir, shared read-write at /rig in the guest    [$CACHE/runs/run.XXXXXX]
 #   RIG_TIMEOUT=S      seconds before the guest is killed (not with RIG_SHELL)                   [600]
 #   RIG_QEMU_EXTRA=... extra QEMU arguments (word-split)
+#   RIG_NVME_OPTS=...  extra properties of every nvme controller, e.g. ",ioeventfd=on"         [none]
 #   RIG_TIMERSLACK_NS=N timer slack of the QEMU process (inherited from this shell); the host
 #                      default is 50000, which can stretch QEMU's 500 ns NVMe timers   [unchanged]
 #   RIG_KERNEL=PATH    kernel to boot                                  [the uncompressed vmlinux]
@@ -150,7 +151,7 @@ if [ "$NCTRL" -gt 0 ]; then
     A+=(-device nvme-subsys,id=subsys0,nqn=rig-subsys0)
     for ((i = 0; i < NCTRL; i++)); do
         A+=(-device "pcie-root-port,id=rp$i,chassis=$((i + 1)),slot=$((i + 1)),bus=pcie.0"
-            -device "nvme,id=nvme$i,serial=RIGSERIAL0,subsys=subsys0,bus=rp$i")
+            -device "nvme,id=nvme$i,serial=RIGSERIAL0,subsys=subsys0,bus=rp$i${RIG_NVME_OPTS:-}")
     done
     # NGUID reads as zeros in QEMU 7.2: eui64 and uuid give multipath a unique id.
     A+=(-device nvme-ns,id=ns1,drive=nsblk1,nsid=1,shared=on,bus=nvme0,eui64=0x52494700000001,uuid=4e564d45-5249-4700-0000-000000000001)
