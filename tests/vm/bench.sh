@@ -25,6 +25,8 @@
 #                          CPU, in the same boot (see bench-guest.sh)                    [none]
 #   BENCH_BUILD=0          skip `cargo build --release -p vfnvme-tools`
 #   RIG_TIMEOUT            guest time limit (s)                                          [420]
+#   RIG_NVME_OPTS=,ioeventfd=on   guest: extra properties of the emulated nvme controllers (here:
+#                          doorbell writes through an eventfd; see docs/benchmarks.md)     [none]
 #   RIG_IOMMU=0            guest: boot without the emulated IOMMU (VFIO no-IOMMU mode; the
 #                          kernel driver then maps DMA directly too)                       [1]
 #
@@ -39,7 +41,7 @@ PERF=$REPO/target/release/vfnvme-perf
 STAGES=("$@")
 [ ${#STAGES[@]} -gt 0 ] || STAGES=(sim callgrind guest)
 for s in "${STAGES[@]}"; do
-    case "$s" in sim|callgrind|guest) ;; -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+    case "$s" in sim|callgrind|guest) ;; -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown stage '$s' (sim, callgrind, guest)" >&2; exit 2 ;; esac
 done
 
@@ -368,7 +370,7 @@ stage_guest() {
     say "Commands:"
     say ""
     say '```'
-    say "RIG_IOMMU=${RIG_IOMMU:-1} RIG_BACKING=null RIG_TIMEOUT=${RIG_TIMEOUT:-420} tests/vm/run-guest.sh 'tests/vm/bench-guest.sh \$BENCH_OUT/vfnvme-perf /rig/bench $G_REPS $G_SECS $G_DEADLINE $G_AB'   # a copy of target/release/vfnvme-perf"
+    say "RIG_IOMMU=${RIG_IOMMU:-1}${RIG_NVME_OPTS:+ RIG_NVME_OPTS=$RIG_NVME_OPTS} RIG_BACKING=null RIG_TIMEOUT=${RIG_TIMEOUT:-420} tests/vm/run-guest.sh 'tests/vm/bench-guest.sh \$BENCH_OUT/vfnvme-perf /rig/bench $G_REPS $G_SECS $G_DEADLINE $G_AB'   # a copy of target/release/vfnvme-perf"
     say "# in the guest, after guest-bind.sh --hugepages 64:"
     say "vfnvme-perf -r 0000:01:00.0 -q {1,32} -a 1 -t $G_SECS --json"
     say "vfnvme-perf -r 0000:01:00.0 -r 0000:02:00.0 --multipath -q {1,32} -a 1 -t $G_SECS --json"
