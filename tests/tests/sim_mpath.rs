@@ -14,6 +14,7 @@ use vfnvme::spec::{NvmOpcode, Status};
 use vfnvme::{Controller, ControllerOptions, QueueOptions};
 use vfnvme_hugepages::{DmaPool, PagePolicy};
 use vfnvme_mpath::channel::RefuseReason;
+use vfnvme_mpath::control::ControlThread;
 use vfnvme_mpath::{
     Channel, ChannelOptions, IoDesc, IoKind, MpNamespace, MpathControl, Policy, ReconnectOptions,
     Subsystem,
@@ -103,6 +104,18 @@ fn run_with_faults(w: &World, inject: impl FnOnce(&World)) -> Arc<Tally> {
     );
     assert!(t.verified.load(Ordering::Relaxed) > 0);
     tally
+}
+
+/// A control plane that checks the paths every millisecond (default reconnect timing).
+fn fast_control(w: &World) -> ControlThread {
+    MpathControl::new(
+        std::slice::from_ref(&w.ns),
+        ReconnectOptions {
+            interval: Duration::from_millis(1),
+            ..ReconnectOptions::default()
+        },
+    )
+    .spawn()
 }
 
 fn pause(ms: u64) {
@@ -375,14 +388,7 @@ fn inaccessible_everywhere_holds_io_up_to_anatt_then_resumes() {
     // Arrange: both paths' ANA group goes inaccessible; the fast-fail timeout is short, but the
     // controllers advertise ANATT = 10 s, so I/O that hits the inaccessible group is held.
     let w = world(1);
-    let _cp = MpathControl::new(
-        std::slice::from_ref(&w.ns),
-        ReconnectOptions {
-            interval: Duration::from_millis(1),
-            ..Default::default()
-        },
-    )
-    .spawn();
+    let _cp = fast_control(&w);
     let mut ch = Channel::new(
         &w.ns,
         ChannelOptions {
@@ -572,14 +578,7 @@ fn a_command_that_keeps_failing_over_gives_up_after_the_fast_fail_time() {
     // brings each path back at once (its ANA state never changes), so a read bounces between
     // them; fast-fail is 100 ms, and no failover count cap.
     let w = world(1);
-    let _cp = MpathControl::new(
-        std::slice::from_ref(&w.ns),
-        ReconnectOptions {
-            interval: Duration::from_millis(1),
-            ..ReconnectOptions::default()
-        },
-    )
-    .spawn();
+    let _cp = fast_control(&w);
     let mut ch = Channel::new(
         &w.ns,
         ChannelOptions {
@@ -744,14 +743,7 @@ fn policies_pick_paths_as_documented_and_switch_at_run_time() {
     use vfnvme_mpath::PathStatus::{NonOptimized, Optimized};
     // Arrange: two paths, a control plane that follows ANA changes, eight registered buffers.
     let w = world(1);
-    let _cp = MpathControl::new(
-        std::slice::from_ref(&w.ns),
-        ReconnectOptions {
-            interval: Duration::from_millis(1),
-            ..Default::default()
-        },
-    )
-    .spawn();
+    let _cp = fast_control(&w);
     let mut ch = Channel::new(
         &w.ns,
         ChannelOptions {

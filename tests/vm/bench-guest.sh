@@ -13,6 +13,8 @@
 #             host-side variant switched on through the /rig/qmp request channel, then off again:
 #             slack = QEMU's timer slack at 1 ns (host default 50 us); pin = vCPU 0's thread alone
 #             on host CPU 0, QEMU's other threads on the other CPU        -> vf1ab-*, kpollab-*
+#             shadow: also run vfnvme (1 controller) at every QD with --no-shadow-doorbells
+#             (MMIO doorbells only; the kernel has no such switch)                 -> vf1ab-*
 #
 # Stages, in order:
 #   1. bind both controllers to vfio-pci (64 hugepages); per rep, per QD (1, 32):
@@ -79,7 +81,9 @@ ab_off() { case "$AB" in slack) host_req timerslack 50000 ;; pin) host_req pin o
 
 r=1
 while [ "$r" -le "$REPS" ]; do
-    if [ -n "$AB" ]; then
+    if [ "$AB" = shadow ]; then
+        for qd in $QDS; do vf "vf1ab-qd$qd-r$r" -r "$B0" -q "$qd" --no-shadow-doorbells; done
+    elif [ -n "$AB" ]; then
         ab_on
         vf "vf1ab-qd1-r$r" -r "$B0" -q 1
         ab_off
@@ -151,7 +155,7 @@ if [ $(( $(uptime_s) + SECS + 8 )) -lt "$DEADLINE" ]; then
         echo "kernel_poll_head=$HEAD" >> "$OUT/guest.env"
         r=1
         while [ "$r" -le "$REPS" ]; do
-            if [ -n "$AB" ] && [ $(( $(uptime_s) + SECS + 3 )) -lt "$DEADLINE" ]; then
+            if [ -n "$AB" ] && [ "$AB" != shadow ] && [ $(( $(uptime_s) + SECS + 3 )) -lt "$DEADLINE" ]; then
                 ab_on
                 fio_run "kpollab-qd1-r$r" "/dev/$HEAD" 1 --ioengine=io_uring --direct=1 --hipri
                 ab_off

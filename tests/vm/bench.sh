@@ -20,9 +20,10 @@
 #   BENCH_CG_IOS="A B"     the two -d values for callgrind                  ["100000 300000"]
 #   BENCH_GUEST_REPS, BENCH_GUEST_SECS   guest repeats and seconds per run           [2, 10]
 #   BENCH_GUEST_DEADLINE   guest uptime (s) after which no polled-kernel run starts       [330]
-#   BENCH_AB=slack|pin     guest: also run vfnvme (1 ctrl) and the polled kernel at QD 1 with
-#                          QEMU's timer slack at 1 ns, or with vCPU 0 pinned alone to a host
-#                          CPU, in the same boot (see bench-guest.sh)                    [none]
+#   BENCH_AB=slack|pin|shadow   guest: also run vfnvme (1 ctrl) and the polled kernel at QD 1
+#                          with QEMU's timer slack at 1 ns, or with vCPU 0 pinned alone to a
+#                          host CPU; or vfnvme (1 ctrl) at every QD with --no-shadow-doorbells;
+#                          in the same boot (see bench-guest.sh)                         [none]
 #   BENCH_BUILD=0          skip `cargo build --release -p vfnvme-tools`
 #   RIG_TIMEOUT            guest time limit (s)                                          [420]
 #   RIG_NVME_OPTS=,ioeventfd=on   guest: extra properties of the emulated nvme controllers (here:
@@ -41,7 +42,7 @@ PERF=$REPO/target/release/vfnvme-perf
 STAGES=("$@")
 [ ${#STAGES[@]} -gt 0 ] || STAGES=(sim callgrind guest)
 for s in "${STAGES[@]}"; do
-    case "$s" in sim|callgrind|guest) ;; -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+    case "$s" in sim|callgrind|guest) ;; -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown stage '$s' (sim, callgrind, guest)" >&2; exit 2 ;; esac
 done
 
@@ -52,7 +53,7 @@ G_REPS=${BENCH_GUEST_REPS:-2}
 G_SECS=${BENCH_GUEST_SECS:-10}
 G_DEADLINE=${BENCH_GUEST_DEADLINE:-330}
 G_AB=${BENCH_AB:-}
-case "$G_AB" in ""|slack|pin) ;; *) echo "bench.sh: BENCH_AB must be slack or pin" >&2; exit 2 ;; esac
+case "$G_AB" in ""|slack|pin|shadow) ;; *) echo "bench.sh: BENCH_AB must be slack, pin or shadow" >&2; exit 2 ;; esac
 OUT=${BENCH_OUT:-$REPO/target/bench/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -160,7 +161,8 @@ elif kind == "sim-mp":
 elif kind == "guest":
     reps = int(args[0])
     ab = args[1] if len(args) > 1 else ""
-    ab_label = {"slack": "QEMU timer slack 1 ns", "pin": "vCPU 0 pinned alone"}.get(ab, ab)
+    ab_label = {"slack": "QEMU timer slack 1 ns", "pin": "vCPU 0 pinned alone",
+                "shadow": "--no-shadow-doorbells"}.get(ab, ab)
     g = f"{out}/guest/bench"
     cfgs = [("vf1", "vfnvme-perf, 1 controller (VFIO)", perf_iops),
             ("vfmp", "vfnvme-perf --multipath, 2 controllers (VFIO)", perf_iops),
@@ -174,8 +176,8 @@ elif kind == "guest":
     print("|---|---:|---:|---|---:|")
     for key, label, fn in cfgs:
         for qd in (1, 32):
-            if key.endswith("ab") and (qd != 1 or not glob.glob(f"{g}/{key}-qd1-r*.rc")):
-                continue   # the A/B variant runs only at QD 1, and only when asked for
+            if key.endswith("ab") and not glob.glob(f"{g}/{key}-qd{qd}-r*.rc"):
+                continue   # the A/B variant runs only when asked for (slack, pin: at QD 1 only)
             s = stats([fn(f"{g}/{key}-qd{qd}-r{r}.json") for r in range(1, reps + 1)])
             S[(key, qd)] = s
             if not s:
@@ -202,7 +204,7 @@ elif kind == "guest":
             ("vf1ab", "kpollab", f"vfnvme 1 ctrl / kernel polled, both with {ab_label}", ""),
             ("vf1ab", "vf1", f"vfnvme 1 ctrl: {ab_label} / without", ""),
             ("kpollab", "kpoll", f"kernel polled: {ab_label} / without", "")]:
-        if a.endswith("ab") and not S.get((a, 1)):
+        if (a.endswith("ab") or b.endswith("ab")) and not (S.get((a, 1)) and S.get((b, 1))):
             continue
         print(f"| {label} | {ratio(a, b, 1)} | {ratio(a, b, 32)} | {goal} |")
 elif kind == "callgrind":
