@@ -826,6 +826,10 @@ impl Channel {
         }
         let mut n = 0;
         for p in 0..self.qps.len() {
+            // An idle queue pair has nothing to deliver (a path active-passive does not use).
+            if self.qps[p].as_ref().is_none_or(|q| q.is_idle()) {
+                continue;
+            }
             // Take the queue pair out while it delivers, so that each completion is disposed of
             // as it comes (no staging copy).
             let Some(mut q) = self.qps[p].take() else {

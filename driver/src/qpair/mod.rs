@@ -443,6 +443,17 @@ impl QueuePair {
         self.cids.in_flight()
     }
 
+    /// True when polling would do nothing: no command in flight, none failed by a reset waiting
+    /// to be delivered, and no reset to catch up with (a poll after a reset lets the control
+    /// plane re-create this queue pair's queues). A caller polling many queue pairs may skip an
+    /// idle one.
+    #[inline]
+    pub fn is_idle(&self) -> bool {
+        self.cids.in_flight() == 0
+            && self.failed.is_empty()
+            && self.shared.load().epoch() == self.epoch
+    }
+
     /// Most commands the queue can hold at once.
     pub fn capacity(&self) -> usize {
         self.cids.capacity()

@@ -493,6 +493,79 @@ fn a_reset_never_lets_stale_sqes_into_the_recreated_queue() {
 }
 
 #[test]
+fn idle_means_nothing_to_deliver_including_commands_failed_by_removal() {
+    // Arrange: a queue pair with one read, and three more the device will drop.
+    let r = rig();
+    let mut qp = r.ctrl.io_queue_pair(QueueOptions::default()).unwrap();
+    let buf = r.pool.alloc(4096, 4096).unwrap();
+    assert!(qp.is_idle(), "a new queue pair");
+    qp.read(&r.ns, 0, 8, &buf, 0, 0).unwrap();
+    assert!(!qp.is_idle(), "a command in flight");
+    assert_eq!(wait(&mut qp, &r.ctrl, 1, 5).len(), 1);
+    assert!(qp.is_idle(), "everything delivered");
+    r.sim.controller(0).faults().drop_commands(3);
+    for t in 1..4 {
+        qp.read(&r.ns, t, 8, &buf, 0, t).unwrap();
+    }
+    qp.ring();
+    // Act: the function goes away; the control plane notices; the next submission finds out.
+    r.sim.controller(0).faults().surprise_remove();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while r.ctrl.state() != CtrlState::Removed {
+        r.ctrl.service();
+        assert!(Instant::now() < deadline, "removal not noticed");
+    }
+    assert!(matches!(
+        qp.read(&r.ns, 0, 8, &buf, 0, 9),
+        Err(SubmitError::DeviceGone { .. })
+    ));
+    // Assert: nothing is in flight any more, but the three failed commands are still to be
+    // delivered, so the queue pair is not idle until a poll hands them over.
+    assert_eq!(qp.in_flight(), 0);
+    assert!(!qp.is_idle(), "failed commands wait for a poll");
+    let mut got = Vec::new();
+    qp.poll(64, |c| got.push(c)).unwrap();
+    assert_eq!(got.len(), 3);
+    assert!(got.iter().all(|c| c.outcome == Outcome::Removed));
+    assert!(qp.is_idle());
+}
+
+#[test]
+fn an_idle_queue_pair_is_not_idle_after_a_reset_until_it_has_polled() {
+    // Arrange: an idle queue pair; the controller fails and is reset.
+    let r = rig();
+    let mut qp = r.ctrl.io_queue_pair(QueueOptions::default()).unwrap();
+    assert!(qp.is_idle());
+    r.sim.controller(0).faults().set_cfs();
+    assert_eq!(
+        r.ctrl.service(),
+        CtrlState::Live,
+        "service resets the controller"
+    );
+    // Act and assert: a reset to catch up with; one poll rewinds it (nothing to deliver), and
+    // only then does the control plane re-create its queues.
+    assert!(!qp.is_idle(), "a reset to catch up with");
+    let before = r.ctrl.queues_recreated();
+    r.ctrl.service();
+    assert_eq!(
+        r.ctrl.queues_recreated(),
+        before,
+        "not before the queue pair rewinds"
+    );
+    assert_eq!(
+        qp.poll(64, |c| panic!("nothing was in flight: {c:?}"))
+            .unwrap(),
+        0
+    );
+    assert!(qp.is_idle());
+    r.ctrl.service();
+    assert_eq!(r.ctrl.queues_recreated(), before + 1);
+    let buf = r.pool.alloc(4096, 4096).unwrap();
+    qp.read(&r.ns, 0, 8, &buf, 0, 1).unwrap();
+    assert!(wait(&mut qp, &r.ctrl, 1, 5)[0].outcome.is_success());
+}
+
+#[test]
 fn surprise_removal_fails_everything_in_flight() {
     let r = rig();
     let mut qp = r.ctrl.io_queue_pair(QueueOptions::default()).unwrap();
