@@ -18,8 +18,10 @@
 #
 # Stages, in order:
 #   1. bind both controllers to vfio-pci (64 hugepages); per rep, per QD (1, 32):
-#      vfnvme-perf on controller 0, then --multipath on both     -> vf1-*.json, vfmp-*.json
-#   2. unbind, `modprobe nvme` (interrupts); per rep, per QD: fio io_uring on the multipath head
+#      vfnvme-perf on controller 0 and --multipath on both, in turns (odd reps one controller
+#      first, even reps multipath first: the first QD 1 run after QD 32 runs is faster)
+#                                                                -> vf1-*.json, vfmp-*.json
+#   2. unbind, `modprobe nvme` (interrupts); per rep, per QD, in turns as above: fio io_uring on the multipath head
 #      /dev/nvmeXn1 (--direct=1), then fio io_uring_cmd on its char device /dev/ngXn1 (NVMe
 #      passthrough: no page cache, and the char device refuses O_DIRECT, so no --direct)  -> kio-*.json, kcmd-*.json
 #   3. `rmmod nvme; modprobe nvme poll_queues=1`; fio io_uring --hipri   -> kpoll-*.json
@@ -89,8 +91,14 @@ while [ "$r" -le "$REPS" ]; do
         ab_off
     fi
     for qd in $QDS; do
-        vf "vf1-qd$qd-r$r" -r "$B0" -q "$qd"
-        [ -n "$B1" ] && vf "vfmp-qd$qd-r$r" -r "$B0" -r "$B1" --multipath -q "$qd"
+        # The order alternates between rounds: the first QD 1 run after QD 32 runs is faster.
+        if [ $((r % 2)) = 1 ] || [ -z "$B1" ]; then
+            vf "vf1-qd$qd-r$r" -r "$B0" -q "$qd"
+            [ -n "$B1" ] && vf "vfmp-qd$qd-r$r" -r "$B0" -r "$B1" --multipath -q "$qd"
+        else
+            vf "vfmp-qd$qd-r$r" -r "$B0" -r "$B1" --multipath -q "$qd"
+            vf "vf1-qd$qd-r$r" -r "$B0" -q "$qd"
+        fi
     done
     r=$((r + 1))
 done
@@ -138,8 +146,13 @@ if kernel_up irq; then
     r=1
     while [ "$r" -le "$REPS" ]; do
         for qd in $QDS; do
-            fio_run "kio-qd$qd-r$r" "/dev/$HEAD" "$qd" --ioengine=io_uring --direct=1
-            fio_run "kcmd-qd$qd-r$r" "/dev/$NG" "$qd" --ioengine=io_uring_cmd --cmd_type=nvme
+            if [ $((r % 2)) = 1 ]; then
+                fio_run "kio-qd$qd-r$r" "/dev/$HEAD" "$qd" --ioengine=io_uring --direct=1
+                fio_run "kcmd-qd$qd-r$r" "/dev/$NG" "$qd" --ioengine=io_uring_cmd --cmd_type=nvme
+            else
+                fio_run "kcmd-qd$qd-r$r" "/dev/$NG" "$qd" --ioengine=io_uring_cmd --cmd_type=nvme
+                fio_run "kio-qd$qd-r$r" "/dev/$HEAD" "$qd" --ioengine=io_uring --direct=1
+            fi
         done
         r=$((r + 1))
     done
