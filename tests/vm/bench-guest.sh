@@ -9,10 +9,12 @@
 #   REPS      repeats of every configuration (interleaved: rep 1 of everything, then rep 2, ...)
 #   SECS      measured seconds per run (after 1 s of warm-up, excluded)
 #   DEADLINE  guest uptime (s) after which no new polled-kernel run starts (the last stage)
-#   AB        slack | pin: also run vfnvme (1 controller) and the polled kernel at QD 1 with a
+#   AB        slack | pin | haltpoll: also run vfnvme (1 controller) and the polled kernel at QD 1 with a
 #             host-side variant switched on through the /rig/qmp request channel, then off again:
 #             slack = QEMU's timer slack at 1 ns (host default 50 us); pin = vCPU 0's thread alone
-#             on host CPU 0, QEMU's other threads on the other CPU        -> vf1ab-*, kpollab-*
+#             on host CPU 0, QEMU's other threads on the other CPU; haltpoll = the host's idle
+#             CPUs poll 200 us before they halt (a host that is itself a VM, with cpuidle
+#             haltpoll)                                                   -> vf1ab-*, kpollab-*
 #             shadow: also run vfnvme (1 controller) at every QD with --no-shadow-doorbells
 #             (MMIO doorbells only; the kernel has no such switch)                 -> vf1ab-*
 #
@@ -78,8 +80,14 @@ host_req() {   # host_req WORDS...
     while [ ! -f "/rig/qmp/done-$key" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
     log "host request '$*': $(head -1 "/rig/qmp/done-$key" 2>/dev/null || echo 'no answer')"
 }
-ab_on() { case "$AB" in slack) host_req timerslack 1 ;; pin) host_req pin on ;; esac; }
-ab_off() { case "$AB" in slack) host_req timerslack 50000 ;; pin) host_req pin off ;; esac; }
+ab_on() {
+    case "$AB" in slack) host_req timerslack 1 ;; pin) host_req pin on ;;
+        haltpoll) host_req haltpoll 200000 ;; esac
+}
+ab_off() {
+    case "$AB" in slack) host_req timerslack 50000 ;; pin) host_req pin off ;;
+        haltpoll) host_req haltpoll restore ;; esac
+}
 
 r=1
 while [ "$r" -le "$REPS" ]; do

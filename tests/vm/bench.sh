@@ -20,9 +20,10 @@
 #   BENCH_CG_IOS="A B"     the two -d values for callgrind                  ["100000 300000"]
 #   BENCH_GUEST_REPS, BENCH_GUEST_SECS   guest repeats and seconds per run           [2, 10]
 #   BENCH_GUEST_DEADLINE   guest uptime (s) after which no polled-kernel run starts       [330]
-#   BENCH_AB=slack|pin|shadow   guest: also run vfnvme (1 ctrl) and the polled kernel at QD 1
-#                          with QEMU's timer slack at 1 ns, or with vCPU 0 pinned alone to a
-#                          host CPU; or vfnvme (1 ctrl) at every QD with --no-shadow-doorbells;
+#   BENCH_AB=slack|pin|haltpoll|shadow   guest: also run vfnvme (1 ctrl) and the polled kernel
+#                          at QD 1 with QEMU's timer slack at 1 ns, with vCPU 0 pinned alone to
+#                          a host CPU, or with the host's idle CPUs polling 200 us before they
+#                          halt; or vfnvme (1 ctrl) at every QD with --no-shadow-doorbells;
 #                          in the same boot (see bench-guest.sh)                         [none]
 #   BENCH_BUILD=0          skip `cargo build --release -p vfnvme-tools`
 #   RIG_TIMEOUT            guest time limit (s)                                          [420]
@@ -42,7 +43,7 @@ PERF=$REPO/target/release/vfnvme-perf
 STAGES=("$@")
 [ ${#STAGES[@]} -gt 0 ] || STAGES=(sim callgrind guest)
 for s in "${STAGES[@]}"; do
-    case "$s" in sim|callgrind|guest) ;; -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+    case "$s" in sim|callgrind|guest) ;; -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown stage '$s' (sim, callgrind, guest)" >&2; exit 2 ;; esac
 done
 
@@ -53,7 +54,7 @@ G_REPS=${BENCH_GUEST_REPS:-2}
 G_SECS=${BENCH_GUEST_SECS:-10}
 G_DEADLINE=${BENCH_GUEST_DEADLINE:-330}
 G_AB=${BENCH_AB:-}
-case "$G_AB" in ""|slack|pin|shadow) ;; *) echo "bench.sh: BENCH_AB must be slack, pin or shadow" >&2; exit 2 ;; esac
+case "$G_AB" in ""|slack|pin|haltpoll|shadow) ;; *) echo "bench.sh: BENCH_AB must be slack, pin, haltpoll or shadow" >&2; exit 2 ;; esac
 OUT=${BENCH_OUT:-$REPO/target/bench/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -162,6 +163,7 @@ elif kind == "guest":
     reps = int(args[0])
     ab = args[1] if len(args) > 1 else ""
     ab_label = {"slack": "QEMU timer slack 1 ns", "pin": "vCPU 0 pinned alone",
+                "haltpoll": "host haltpoll 200 us",
                 "shadow": "--no-shadow-doorbells"}.get(ab, ab)
     g = f"{out}/guest/bench"
     cfgs = [("vf1", "vfnvme-perf, 1 controller (VFIO)", perf_iops),

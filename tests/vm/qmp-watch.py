@@ -10,8 +10,12 @@ reach QMP, so it asks through the shared run dir (/rig in the guest = RUNDIR on 
   guest writes  RUNDIR/qmp/req-NAME   one line: "device_del nvmeI [TIMEOUT_S]", "device_add nvmeI",
                                       "timerslack NS" (sets every QEMU thread's timer slack), or
                                       "pin on|off" (on: vCPU 0's thread alone on host CPU 0, every
-                                      other QEMU thread on the other host CPUs; off: all CPUs) --
-                                      the last two for same-boot benchmark comparisons
+                                      other QEMU thread on the other host CPUs; off: all CPUs), or
+                                      "haltpoll NS|restore" (the host's cpuidle haltpoll window,
+                                      /sys/module/haltpoll/parameters/guest_halt_poll_ns, when the
+                                      host is itself a VM using haltpoll; restore = the value it
+                                      had when this watcher started) -- the last three for
+                                      same-boot benchmark comparisons
                                       (write it under another name and rename it into place)
   host writes   RUNDIR/qmp/done-NAME  first line "ok ..." or "error: ...", then details
 
@@ -67,6 +71,38 @@ def set_timerslack(rundir, value):
     return True, "timer slack %d ns on %d QEMU threads" % (ns, len(tids))
 
 
+HALTPOLL = "/sys/module/haltpoll/parameters/guest_halt_poll_ns"
+HALTPOLL_AT_START = None
+
+
+def read_haltpoll():
+    """The host's haltpoll window in ns, or None when the host has no haltpoll cpuidle driver."""
+    try:
+        with open(HALTPOLL) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def set_haltpoll(value):
+    """Sets the host's haltpoll window: how long an idle host CPU polls before it halts (when the
+    host is a VM, a halted CPU takes the outer hypervisor's wake-up latency to run again)."""
+    if HALTPOLL_AT_START is None:
+        return False, "this host has no haltpoll cpuidle driver (%s)" % HALTPOLL
+    try:
+        ns = HALTPOLL_AT_START if value == "restore" else int(value)
+        if ns < 0:
+            raise ValueError
+    except ValueError:
+        return False, "bad haltpoll window %r (want ns >= 0, or restore)" % value
+    try:
+        with open(HALTPOLL, "w") as f:
+            f.write("%d\n" % ns)
+    except OSError as e:
+        return False, "cannot set %s: %s" % (HALTPOLL, e)
+    return True, "haltpoll window %d ns (was %d at start)" % (ns, HALTPOLL_AT_START)
+
+
 def pin(sock, how):
     """Pins vCPU 0's thread to host CPU 0 and every other QEMU thread to the rest ("on"), or
     lets every thread run anywhere again ("off")."""
@@ -101,8 +137,10 @@ def execute(sock, words):
         return set_timerslack(os.path.dirname(sock), words[1])
     if len(words) == 2 and words[0] == "pin":
         return pin(sock, words[1])
+    if len(words) == 2 and words[0] == "haltpoll":
+        return set_haltpoll(words[1])
     if len(words) < 2 or words[0] not in ("device_del", "device_add"):
-        return False, "unknown request %r (want 'device_del nvmeI [TIMEOUT_S]', 'device_add nvmeI', 'timerslack NS' or 'pin on|off')" % " ".join(words)
+        return False, "unknown request %r (want 'device_del nvmeI [TIMEOUT_S]', 'device_add nvmeI', 'timerslack NS', 'pin on|off' or 'haltpoll NS|restore')" % " ".join(words)
     op, dev = words[0], words[1]
     m = DEV.match(dev)
     if not m:
@@ -166,6 +204,8 @@ def main(argv):
     qdir = os.path.join(rundir, "qmp")
     os.makedirs(qdir, exist_ok=True)
     sock = os.path.join(rundir, "qmp.sock")
+    global HALTPOLL_AT_START
+    HALTPOLL_AT_START = read_haltpoll()
     log(rundir, "watcher started (pid %d, parent %d)" % (os.getpid(), parent))
     seen = set()
     while alive(parent):
@@ -197,6 +237,9 @@ def main(argv):
             os.rename(tmp, done)
         time.sleep(0.05)
     log(rundir, "parent %d gone; watcher exits" % parent)
+    if HALTPOLL_AT_START is not None and read_haltpoll() != HALTPOLL_AT_START:
+        ok, text = set_haltpoll("restore")
+        log(rundir, "haltpoll at exit: %s %s" % ("ok" if ok else "error", text))
     return 0
 
 
