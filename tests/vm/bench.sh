@@ -29,6 +29,8 @@
 #   RIG_TIMEOUT            guest time limit (s)                                          [420]
 #   RIG_NVME_OPTS=,ioeventfd=on   guest: extra properties of the emulated nvme controllers (here:
 #                          doorbell writes through an eventfd; see docs/benchmarks.md)     [none]
+#   RIG_HALTPOLL_NS=N      guest: the host's cpuidle haltpoll window for the boot (see
+#                          run-guest.sh and docs/benchmarks.md)                    [unchanged]
 #   RIG_IOMMU=0            guest: boot without the emulated IOMMU (VFIO no-IOMMU mode; the
 #                          kernel driver then maps DMA directly too)                       [1]
 #
@@ -43,7 +45,7 @@ PERF=$REPO/target/release/vfnvme-perf
 STAGES=("$@")
 [ ${#STAGES[@]} -gt 0 ] || STAGES=(sim callgrind guest)
 for s in "${STAGES[@]}"; do
-    case "$s" in sim|callgrind|guest) ;; -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+    case "$s" in sim|callgrind|guest) ;; -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown stage '$s' (sim, callgrind, guest)" >&2; exit 2 ;; esac
 done
 
@@ -374,7 +376,7 @@ stage_guest() {
     say "Commands:"
     say ""
     say '```'
-    say "RIG_IOMMU=${RIG_IOMMU:-1}${RIG_NVME_OPTS:+ RIG_NVME_OPTS=$RIG_NVME_OPTS} RIG_BACKING=null RIG_TIMEOUT=${RIG_TIMEOUT:-420} tests/vm/run-guest.sh 'tests/vm/bench-guest.sh \$BENCH_OUT/vfnvme-perf /rig/bench $G_REPS $G_SECS $G_DEADLINE $G_AB'   # a copy of target/release/vfnvme-perf"
+    say "RIG_IOMMU=${RIG_IOMMU:-1}${RIG_NVME_OPTS:+ RIG_NVME_OPTS=$RIG_NVME_OPTS}${RIG_HALTPOLL_NS:+ RIG_HALTPOLL_NS=$RIG_HALTPOLL_NS} RIG_BACKING=null RIG_TIMEOUT=${RIG_TIMEOUT:-420} tests/vm/run-guest.sh 'tests/vm/bench-guest.sh \$BENCH_OUT/vfnvme-perf /rig/bench $G_REPS $G_SECS $G_DEADLINE $G_AB'   # a copy of target/release/vfnvme-perf"
     say "# in the guest, after guest-bind.sh --hugepages 64:"
     say "vfnvme-perf -r 0000:01:00.0 -q {1,32} -a 1 -t $G_SECS --json"
     say "vfnvme-perf -r 0000:01:00.0 -r 0000:02:00.0 --multipath -q {1,32} -a 1 -t $G_SECS --json"

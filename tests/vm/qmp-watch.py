@@ -29,6 +29,7 @@ RUNDIR/qmp/watcher.log records every request.
 import json
 import os
 import re
+import signal
 import sys
 import time
 
@@ -206,7 +207,20 @@ def main(argv):
     sock = os.path.join(rundir, "qmp.sock")
     global HALTPOLL_AT_START
     HALTPOLL_AT_START = read_haltpoll()
+    # run-guest.sh ends the watcher with SIGTERM: leave through the finally below, which puts a
+    # changed host setting back.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     log(rundir, "watcher started (pid %d, parent %d)" % (os.getpid(), parent))
+    try:
+        return watch(rundir, parent, qdir, sock)
+    finally:
+        if HALTPOLL_AT_START is not None and read_haltpoll() != HALTPOLL_AT_START:
+            ok, text = set_haltpoll("restore")
+            log(rundir, "haltpoll at exit: %s %s" % ("ok" if ok else "error", text))
+
+
+def watch(rundir, parent, qdir, sock):
+    """Answers requests until PARENT is gone."""
     seen = set()
     while alive(parent):
         try:
@@ -237,9 +251,6 @@ def main(argv):
             os.rename(tmp, done)
         time.sleep(0.05)
     log(rundir, "parent %d gone; watcher exits" % parent)
-    if HALTPOLL_AT_START is not None and read_haltpoll() != HALTPOLL_AT_START:
-        ok, text = set_haltpoll("restore")
-        log(rundir, "haltpoll at exit: %s %s" % ("ok" if ok else "error", text))
     return 0
 
 

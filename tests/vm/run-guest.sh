@@ -30,6 +30,9 @@
 #   RIG_TIMEOUT=S      seconds before the guest is killed (not with RIG_SHELL)                   [600]
 #   RIG_QEMU_EXTRA=... extra QEMU arguments (word-split)
 #   RIG_NVME_OPTS=...  extra properties of every nvme controller, e.g. ",ioeventfd=on"         [none]
+#   RIG_HALTPOLL_NS=N  for the boot, the host's cpuidle haltpoll window (how long an idle host
+#                      CPU polls before it halts), when the host is itself a VM with haltpoll;
+#                      put back afterwards                                        [unchanged]
 #   RIG_TIMERSLACK_NS=N timer slack of the QEMU process (inherited from this shell); the host
 #                      default is 50000, which can stretch QEMU's 500 ns NVMe timers   [unchanged]
 #   RIG_KERNEL=PATH    kernel to boot                                  [the uncompressed vmlinux]
@@ -186,6 +189,14 @@ touch "$RD/out.log"
 tail -n +1 -F "$RD/out.log" 2>/dev/null &
 TAILPID=$!
 QPID=
+# The host's haltpoll window for this boot (put back by cleanup).
+HALTPOLL=/sys/module/haltpoll/parameters/guest_halt_poll_ns
+HALTPOLL_WAS=
+if [ -n "${RIG_HALTPOLL_NS:-}" ]; then
+    [ -w "$HALTPOLL" ] || die "RIG_HALTPOLL_NS: $HALTPOLL is not writable (no haltpoll cpuidle driver, or not root)" 2
+    HALTPOLL_WAS=$(cat "$HALTPOLL")
+    echo "$RIG_HALTPOLL_NS" > "$HALTPOLL" || die "RIG_HALTPOLL_NS: cannot write $HALTPOLL" 2
+fi
 # The guest -> QMP request channel (qmp-watch.py): the guest writes /rig/qmp/req-NAME, the
 # watcher runs it on this boot's QMP socket and answers in /rig/qmp/done-NAME.
 WATCHPID=
@@ -200,6 +211,7 @@ cleanup() {
     [ -n "$QPID" ] && kill "$QPID" 2>/dev/null
     [ -n "$WATCHPID" ] && kill "$WATCHPID" 2>/dev/null
     kill "$TAILPID" 2>/dev/null || true
+    if [ -n "$HALTPOLL_WAS" ]; then echo "$HALTPOLL_WAS" > "$HALTPOLL" || true; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
