@@ -424,7 +424,9 @@ fn threaded_mode_processes_commands_on_the_device_thread() {
                 let back = t.buf(4096);
                 for i in 0..150u64 {
                     fill_pattern(&buf, i as u8);
-                    let lba = u64::from(qid) * 1000 + i * 8;
+                    // Disjoint ranges (150 × 8 blocks each): a thread that falls behind must
+                    // not overwrite what the other one is about to read back.
+                    let lba = u64::from(qid - 1) * 2048 + i * 8;
                     // A batch of two per doorbell.
                     let (p1, _) = t.prps(&buf, 0, 4096);
                     let mut w = Sqe::write(1, lba, 7);
