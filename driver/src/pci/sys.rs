@@ -12,7 +12,7 @@
 //!
 //! Request numbers are `_IO(';', 100 + n)` (`include/uapi/linux/vfio.h`).
 //!
-//! The [`fake`] module (tests only) stands in for a type1 IOMMU container.
+//! The `fake` module (tests only) stands in for a type1 IOMMU container.
 #![expect(unsafe_code)]
 // UNSAFETY: ioctl(2), pread(2)/pwrite(2) and eventfd(2) on file descriptors this module owns or
 // borrows, with argument structs sized as the kernel expects; every block says why it is sound.
@@ -425,7 +425,7 @@ pub fn container_fd(container: &vfio_ioctls::VfioContainer) -> BorrowedFd<'_> {
 }
 
 /// What a type1 DMA mapper needs from its container. The real container is
-/// [`vfio_ioctls::VfioContainer`]; tests use [`fake::FakeIommu`].
+/// [`vfio_ioctls::VfioContainer`]; tests use `fake::FakeIommu`.
 pub trait Type1Ops: Send + Sync {
     /// Maps `region` at `iova`.
     ///
