@@ -527,9 +527,19 @@ impl Channel {
         self.status.contains(&PathStatus::Waiting)
     }
 
-    /// Builds and queues the command of `slot` on path `p`.
+    /// Builds and queues the command of `slot` on path `p`, and records the path.
     #[inline]
     fn issue(&mut self, p: usize, slot: u32) -> Result<(), SubmitError> {
+        let r = self.send(p, slot);
+        if r.is_ok() {
+            self.entries[slot as usize].path = p as u16;
+        }
+        r
+    }
+
+    /// Builds and queues the command of `slot` on path `p`.
+    #[inline]
+    fn send(&mut self, p: usize, slot: u32) -> Result<(), SubmitError> {
         if let Held::FixedRw {
             write,
             lba,
@@ -538,16 +548,12 @@ impl Channel {
             ..
         } = self.entries[slot as usize].held
         {
-            let r = self.send_rw(p, slot, write, lba, blocks, buf);
-            if r.is_ok() {
-                self.entries[slot as usize].path = p as u16;
-            }
-            return r;
+            return self.send_rw(p, slot, write, lba, blocks, buf);
         }
         let qp = self.qps[p].as_mut().expect("picked path has a queue pair");
         let info = &self.params[p].info;
         let tag = slot as u64;
-        let r = match self.entries[slot as usize].held {
+        match self.entries[slot as usize].held {
             Held::FixedPassthru { buf, .. } => {
                 let cmd = self.fixed_cmds[slot as usize];
                 let data = self.fixed_bufs.get(buf as usize);
@@ -571,11 +577,7 @@ impl Channel {
             Held::FixedRw { .. } | Held::Empty => {
                 unreachable!("issued slot is live; registered reads and writes are sent above")
             }
-        };
-        if r.is_ok() {
-            self.entries[slot as usize].path = p as u16;
         }
-        r
     }
 
     /// Queues a read or write on registered buffer `buf` on path `p` (the caller records the
