@@ -89,6 +89,15 @@ ab_off() {
         haltpoll) host_req haltpoll restore ;; esac
 }
 
+# in_turn R A B: runs commands A and B (each one word: a function name), A first in odd rounds R
+# and B first in even ones (the first QD 1 run after QD 32 runs is faster).
+in_turn() {
+    if [ $(($1 % 2)) = 1 ]; then "$2"; "$3"; else "$3"; "$2"; fi
+}
+
+vf1_run() { vf "vf1-qd$qd-r$r" -r "$B0" -q "$qd"; }
+vfmp_run() { vf "vfmp-qd$qd-r$r" -r "$B0" -r "$B1" --multipath -q "$qd"; }
+
 r=1
 while [ "$r" -le "$REPS" ]; do
     if [ "$AB" = shadow ]; then
@@ -99,14 +108,7 @@ while [ "$r" -le "$REPS" ]; do
         ab_off
     fi
     for qd in $QDS; do
-        # The order alternates between rounds: the first QD 1 run after QD 32 runs is faster.
-        if [ $((r % 2)) = 1 ] || [ -z "$B1" ]; then
-            vf "vf1-qd$qd-r$r" -r "$B0" -q "$qd"
-            [ -n "$B1" ] && vf "vfmp-qd$qd-r$r" -r "$B0" -r "$B1" --multipath -q "$qd"
-        else
-            vf "vfmp-qd$qd-r$r" -r "$B0" -r "$B1" --multipath -q "$qd"
-            vf "vf1-qd$qd-r$r" -r "$B0" -q "$qd"
-        fi
+        if [ -n "$B1" ]; then in_turn "$r" vf1_run vfmp_run; else vf1_run; fi
     done
     r=$((r + 1))
 done
@@ -148,19 +150,16 @@ fio_run() {   # fio_run NAME DEV QD ENGINE-ARGS...
     echo "$rc" > "$OUT/$name.rc"
 }
 
+kio_run() { fio_run "kio-qd$qd-r$r" "/dev/$HEAD" "$qd" --ioengine=io_uring --direct=1; }
+kcmd_run() { fio_run "kcmd-qd$qd-r$r" "/dev/$NG" "$qd" --ioengine=io_uring_cmd --cmd_type=nvme; }
+
 if kernel_up irq; then
     NG=ng${HEAD#nvme}
     echo "kernel_head=$HEAD kernel_char=$NG" >> "$OUT/guest.env"
     r=1
     while [ "$r" -le "$REPS" ]; do
         for qd in $QDS; do
-            if [ $((r % 2)) = 1 ]; then
-                fio_run "kio-qd$qd-r$r" "/dev/$HEAD" "$qd" --ioengine=io_uring --direct=1
-                fio_run "kcmd-qd$qd-r$r" "/dev/$NG" "$qd" --ioengine=io_uring_cmd --cmd_type=nvme
-            else
-                fio_run "kcmd-qd$qd-r$r" "/dev/$NG" "$qd" --ioengine=io_uring_cmd --cmd_type=nvme
-                fio_run "kio-qd$qd-r$r" "/dev/$HEAD" "$qd" --ioengine=io_uring --direct=1
-            fi
+            in_turn "$r" kio_run kcmd_run
         done
         r=$((r + 1))
     done

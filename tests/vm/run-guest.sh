@@ -189,23 +189,9 @@ touch "$RD/out.log"
 tail -n +1 -F "$RD/out.log" 2>/dev/null &
 TAILPID=$!
 QPID=
-# The host's haltpoll window for this boot (put back by cleanup).
+WATCHPID=
 HALTPOLL=/sys/module/haltpoll/parameters/guest_halt_poll_ns
 HALTPOLL_WAS=
-if [ -n "${RIG_HALTPOLL_NS:-}" ]; then
-    [ -w "$HALTPOLL" ] || die "RIG_HALTPOLL_NS: $HALTPOLL is not writable (no haltpoll cpuidle driver, or not root)" 2
-    HALTPOLL_WAS=$(cat "$HALTPOLL")
-    echo "$RIG_HALTPOLL_NS" > "$HALTPOLL" || die "RIG_HALTPOLL_NS: cannot write $HALTPOLL" 2
-fi
-# The guest -> QMP request channel (qmp-watch.py): the guest writes /rig/qmp/req-NAME, the
-# watcher runs it on this boot's QMP socket and answers in /rig/qmp/done-NAME.
-WATCHPID=
-if [ "${RIG_QMP_WATCH:-1}" != 0 ]; then
-    rm -rf "$RD/qmp"
-    mkdir -p "$RD/qmp"
-    python3 "$HERE/qmp-watch.py" "$RD" --parent $$ 2>> "$RD/qmp/watcher.log" &
-    WATCHPID=$!
-fi
 # shellcheck disable=SC2317  # (called by the trap)
 cleanup() {
     [ -n "$QPID" ] && kill "$QPID" 2>/dev/null
@@ -215,6 +201,21 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+# The host's haltpoll window for this boot (put back by cleanup). Set before the watcher
+# starts, so that its "haltpoll restore" means this boot's value.
+if [ -n "${RIG_HALTPOLL_NS:-}" ]; then
+    [ -w "$HALTPOLL" ] || die "RIG_HALTPOLL_NS: $HALTPOLL is not writable (no haltpoll cpuidle driver, or not root)" 2
+    HALTPOLL_WAS=$(cat "$HALTPOLL")
+    echo "$RIG_HALTPOLL_NS" > "$HALTPOLL" || die "RIG_HALTPOLL_NS: cannot write $HALTPOLL" 2
+fi
+# The guest -> QMP request channel (qmp-watch.py): the guest writes /rig/qmp/req-NAME, the
+# watcher runs it on this boot's QMP socket and answers in /rig/qmp/done-NAME.
+if [ "${RIG_QMP_WATCH:-1}" != 0 ]; then
+    rm -rf "$RD/qmp"
+    mkdir -p "$RD/qmp"
+    python3 "$HERE/qmp-watch.py" "$RD" --parent $$ 2>> "$RD/qmp/watcher.log" &
+    WATCHPID=$!
+fi
 
 set +e
 timeout -k 5 "$TIMEOUT" qemu-system-x86_64 "${A[@]}" 2> "$RD/qemu.stderr" &
