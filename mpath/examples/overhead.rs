@@ -34,16 +34,21 @@ fn main() {
         .namespace(NsConfig::null(1, 1 << 30))
         .build();
     let pool = DmaPool::new(PagePolicy::Small);
-    let ctrl = Controller::open(
-        sim.controller(0),
-        pool.clone(),
-        ControllerOptions::default(),
-    )
-    .unwrap();
+    let mut ctrls: Vec<Controller> = (0..paths.max(1))
+        .map(|i| {
+            Controller::open(
+                sim.controller(i),
+                pool.clone(),
+                ControllerOptions::default(),
+            )
+            .unwrap()
+        })
+        .collect();
     let bufs: Vec<DmaBuf> = (0..QD).map(|_| pool.alloc(4096, 4096).unwrap()).collect();
     let mut done = 0u64;
     let mut sent = 0u64;
     if mode == "qp" {
+        let ctrl = ctrls.remove(0);
         let ns = ctrl.namespace(1).unwrap().info;
         let mut qp = ctrl.io_queue_pair(QueueOptions::default()).unwrap();
         for (i, b) in bufs.iter().enumerate() {
@@ -63,15 +68,6 @@ fn main() {
             }
         }
     } else {
-        let mut ctrls = vec![ctrl];
-        for i in 1..paths {
-            let c = Controller::open(
-                sim.controller(i),
-                pool.clone(),
-                ControllerOptions::default(),
-            );
-            ctrls.push(c.unwrap());
-        }
         let ns = Subsystem::group(ctrls)
             .unwrap()
             .remove(0)
