@@ -173,47 +173,56 @@ pub struct ChannelStats {
     pub bad_completions: u64,
 }
 
-/// What a slot retains to rebuild its command. Small and `Copy`, so that the common case — a
-/// read or write on a registered buffer — is stored in a few register writes and read back the
-/// same way; larger commands keep their body in a side table indexed by slot.
-#[derive(Clone, Copy)]
-enum Held {
-    /// The slot is free.
-    Empty,
-    /// A descriptor that owns its buffers (given back in the completion), kept in
-    /// `Channel::owned`.
+/// What kind of command a [`Cmd`] is, and so where the rest of it is kept.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+enum CmdKind {
+    /// A read on a registered buffer: the first `blocks` blocks of buffer `buf`. Needs no slot
+    /// until it fails.
+    #[default]
+    FixedRead,
+    /// A write on a registered buffer, as `FixedRead`.
+    FixedWrite,
+    /// A passthrough command on registered buffer `buf`; its dwords are in
+    /// `Channel::fixed_cmds[slot]`.
+    FixedPassthru,
+    /// A descriptor that owns its buffers (given back in the completion), in
+    /// `Channel::owned[slot]`.
     Owned,
-    /// A read or write on a registered buffer (`Channel::register_buffers`): the first `blocks`
-    /// blocks of buffer `buf`; nothing moves in or out.
-    FixedRw {
-        /// A write (else a read).
-        write: bool,
-        /// First block.
-        lba: u64,
-        /// Blocks.
-        blocks: u32,
-        /// Index into the registered buffers.
-        buf: u32,
-        /// Caller's tag.
-        tag: u64,
-    },
-    /// A passthrough command on a registered buffer; its dwords are in `Channel::fixed_cmds`.
-    FixedPassthru {
-        /// Index into the registered buffers.
-        buf: u32,
-        /// Caller's tag.
-        tag: u64,
-        /// Safe to resend at once after a path failure.
-        idempotent: bool,
-    },
 }
 
-/// Everything a channel keeps for one command: what to rebuild it from, where it went, and its
-/// retry and failover state. One record, written once at submission.
+/// What a command carries with it in its queue pair's command-id table, and gets back in its
+/// completion: enough to rebuild it on another path. A read or write on a registered buffer is
+/// whole in these 32 bytes, so the channel keeps no table of its own for it: failover costs the
+/// common path only this record. Anything larger, and the retry and failover state of a command
+/// that has failed once, lives in a slot (`slot`), taken when first needed.
+#[derive(Clone, Copy, Default, Debug)]
+pub(crate) struct Cmd {
+    /// Caller's tag.
+    tag: u64,
+    /// First block (registered reads and writes).
+    lba: u64,
+    /// Blocks (registered reads and writes).
+    blocks: u32,
+    /// Index into the registered buffers.
+    buf: u32,
+    /// The slot that holds the rest of the command, or [`NO_SLOT`].
+    slot: u32,
+    kind: CmdKind,
+    /// Safe to resend at once after a path failure (reads, and passthrough marked so).
+    idempotent: bool,
+}
+
+const _: () = assert!(std::mem::size_of::<Cmd>() == 32);
+
+/// `Cmd::slot` of a command that has no slot.
+const NO_SLOT: u32 = u32::MAX;
+
+/// What a slot keeps for a command: the command itself (with its slot), where it last failed,
+/// and its retry and failover state.
 #[derive(Clone, Copy)]
 struct Entry {
-    held: Held,
-    /// Path it is on (or last failed on).
+    cmd: Cmd,
+    /// Path it last failed on ([`NO_PATH`] while it waits for its first path).
     path: u16,
     retries: u8,
     failovers: u16,
@@ -228,19 +237,18 @@ struct Entry {
 }
 
 impl Entry {
-    const EMPTY: Entry = Entry {
-        held: Held::Empty,
-        path: 0,
-        retries: 0,
-        failovers: 0,
-        failing_since_ns: 0,
-        retry_same: false,
-        not_before_ns: 0,
-        deadline_ns: 0,
-    };
-
-    fn is_live(&self) -> bool {
-        !matches!(self.held, Held::Empty)
+    /// A fresh record for `cmd`: not failed yet.
+    fn new(cmd: Cmd) -> Entry {
+        Entry {
+            cmd,
+            path: NO_PATH as u16,
+            retries: 0,
+            failovers: 0,
+            failing_since_ns: 0,
+            retry_same: false,
+            not_before_ns: 0,
+            deadline_ns: 0,
+        }
     }
 }
 
@@ -249,19 +257,23 @@ pub struct Channel {
     ns: Arc<MpNamespace>,
     /// One queue pair per path, boxed so that `poll` can take one out while it delivers (moving
     /// a pointer, not the queue pair).
-    qps: Vec<Option<Box<QueuePair>>>,
+    qps: Vec<Option<Box<QueuePair<Cmd>>>>,
     params: Vec<PathParams>,
     status: Vec<PathStatus>,
     in_flight: Vec<usize>,
     generation: u64,
-    /// One record per slot.
+    /// Commands held: in flight, or waiting on the requeue ring. At most `opts.slots`.
+    outstanding: usize,
+    /// One record per slot. There are as many slots as commands may be outstanding, so a command
+    /// that needs one always finds one.
     entries: Vec<Entry>,
-    /// Descriptors that own their buffers, by slot (`Held::Owned`).
+    /// Descriptors that own their buffers, by slot (`CmdKind::Owned`).
     owned: Vec<Option<IoDesc>>,
-    /// Passthrough commands on registered buffers, by slot (`Held::FixedPassthru`).
+    /// Passthrough commands on registered buffers, by slot (`CmdKind::FixedPassthru`).
     fixed_cmds: Vec<PassthruCmd>,
     /// Buffers registered for `submit_fixed`.
     fixed_bufs: Arc<[DmaBuf]>,
+    /// Free slots.
     free: Vec<u32>,
     requeue: RequeueRing,
     selector: Selector,
@@ -321,7 +333,7 @@ impl Channel {
         let mut last_err = None;
         for i in 0..n {
             params.push(path_params(ns, i, &opts));
-            match ns.path(i).ctrl.io_queue_pair(opts.queue) {
+            match ns.path(i).ctrl.io_queue_pair_with(opts.queue) {
                 Ok(qp) => qps.push(Some(Box::new(qp))),
                 Err(e) => {
                     log::warn!("channel: no queue pair on path {i}: {e}");
@@ -345,7 +357,8 @@ impl Channel {
             status: vec![PathStatus::Waiting; n],
             in_flight: vec![0; n],
             generation: u64::MAX,
-            entries: vec![Entry::EMPTY; slots],
+            outstanding: 0,
+            entries: vec![Entry::new(Cmd::default()); slots],
             owned: (0..slots).map(|_| None).collect(),
             fixed_cmds: vec![PassthruCmd::default(); slots],
             fixed_bufs: Arc::from(Vec::new()),
@@ -381,7 +394,7 @@ impl Channel {
 
     /// Commands held (in flight or waiting to be resent).
     pub fn outstanding(&self) -> usize {
-        self.entries.len() - self.free.len()
+        self.outstanding
     }
 
     /// Commands in flight on each path (for tests and tools).
@@ -402,14 +415,28 @@ impl Channel {
     fn refresh(&mut self) {
         self.generation = self.ns.generation();
         let mut inbox = self.inbox.lock().unwrap();
-        for (i, qp) in inbox.drain(..) {
-            if i < self.qps.len() {
-                self.params[i] = path_params(&self.ns, i, &self.opts);
-                // Commands on the old queue pair were failed when its controller went away.
-                self.qps[i] = Some(Box::new(qp));
+        let arrived: Vec<_> = inbox.drain(..).collect();
+        let mut deferred = false;
+        for (i, qp) in arrived {
+            if i >= self.qps.len() {
+                continue;
             }
+            if self.qps[i].as_ref().is_some_and(|q| !q.is_idle()) {
+                // The old queue pair still holds commands, failed when its controller went away
+                // but not delivered yet: dropping it would lose them. Take the new one once a
+                // poll has delivered them.
+                inbox.push((i, qp));
+                deferred = true;
+                continue;
+            }
+            self.params[i] = path_params(&self.ns, i, &self.opts);
+            self.qps[i] = Some(Box::new(qp));
         }
         drop(inbox);
+        if deferred {
+            // Look again at the next poll or submission.
+            self.generation = u64::MAX;
+        }
         for (i, s) in self.ns.statuses().into_iter().enumerate() {
             let s = if self.qps[i].is_some() || s == PathStatus::Gone {
                 s
@@ -527,106 +554,90 @@ impl Channel {
         self.status.contains(&PathStatus::Waiting)
     }
 
-    /// Builds and queues the command of `slot` on path `p`, and records the path.
-    #[inline]
-    fn issue(&mut self, p: usize, slot: u32) -> Result<(), SubmitError> {
-        let r = self.send(p, slot);
-        if r.is_ok() {
-            self.entries[slot as usize].path = p as u16;
-        }
-        r
-    }
-
-    /// Builds and queues the command of `slot` on path `p`.
-    #[inline]
-    fn send(&mut self, p: usize, slot: u32) -> Result<(), SubmitError> {
-        if let Held::FixedRw {
-            write,
-            lba,
-            blocks,
-            buf,
-            ..
-        } = self.entries[slot as usize].held
-        {
-            return self.send_rw(p, slot, write, lba, blocks, buf);
-        }
+    /// Builds and queues `cmd` on path `p`: a new command id, the nsid of this path's namespace,
+    /// PRPs in this path's DMA domain.
+    #[inline(always)]
+    fn send(&mut self, p: usize, cmd: Cmd) -> Result<(), SubmitError> {
         let qp = self.qps[p].as_mut().expect("picked path has a queue pair");
         let info = &self.params[p].info;
-        let tag = slot as u64;
-        match self.entries[slot as usize].held {
-            Held::FixedPassthru { buf, .. } => {
-                let cmd = self.fixed_cmds[slot as usize];
-                let data = self.fixed_bufs.get(buf as usize);
-                Self::issue_passthru(qp, info, cmd, data, None, tag)
+        match cmd.kind {
+            CmdKind::FixedRead => {
+                let b = &self.fixed_bufs[cmd.buf as usize];
+                qp.read(info, cmd.lba, cmd.blocks, b, 0, cmd)
             }
-            Held::Owned => {
-                let d = self.owned[slot as usize].as_ref().expect("owned slot");
+            CmdKind::FixedWrite => {
+                let b = &self.fixed_bufs[cmd.buf as usize];
+                qp.write(info, cmd.lba, cmd.blocks, b, 0, cmd)
+            }
+            _ => self.send_held(p, cmd),
+        }
+    }
+
+    /// [`Channel::send`] for a command kept in a slot: a passthrough command or a descriptor
+    /// that owns its buffers.
+    #[inline(never)]
+    fn send_held(&mut self, p: usize, cmd: Cmd) -> Result<(), SubmitError> {
+        let qp = self.qps[p].as_mut().expect("picked path has a queue pair");
+        let info = &self.params[p].info;
+        let slot = cmd.slot as usize;
+        match cmd.kind {
+            CmdKind::FixedPassthru => {
+                let pc = self.fixed_cmds[slot];
+                let data = self.fixed_bufs.get(cmd.buf as usize);
+                Self::issue_passthru(qp, info, pc, data, None, cmd)
+            }
+            CmdKind::Owned => {
+                let d = self.owned[slot].as_ref().expect("owned slot");
                 let (data, md) = (d.data.as_ref(), d.metadata.as_ref());
                 match d.kind {
                     IoKind::Read { lba, blocks } => {
-                        qp.read(info, lba, blocks, data.expect("read has a buffer"), 0, tag)
+                        qp.read(info, lba, blocks, data.expect("read has a buffer"), 0, cmd)
                     }
                     IoKind::Write { lba, blocks } => {
-                        qp.write(info, lba, blocks, data.expect("write has a buffer"), 0, tag)
+                        qp.write(info, lba, blocks, data.expect("write has a buffer"), 0, cmd)
                     }
-                    IoKind::Passthru { cmd, .. } => {
-                        Self::issue_passthru(qp, info, cmd, data, md, tag)
+                    IoKind::Passthru { cmd: pc, .. } => {
+                        Self::issue_passthru(qp, info, pc, data, md, cmd)
                     }
                 }
             }
-            Held::FixedRw { .. } | Held::Empty => {
-                unreachable!("issued slot is live; registered reads and writes are sent above")
-            }
-        }
-    }
-
-    /// Queues a read or write on registered buffer `buf` on path `p` (the caller records the
-    /// path).
-    #[inline(always)]
-    fn send_rw(
-        &mut self,
-        p: usize,
-        slot: u32,
-        write: bool,
-        lba: u64,
-        blocks: u32,
-        buf: u32,
-    ) -> Result<(), SubmitError> {
-        let qp = self.qps[p].as_mut().expect("picked path has a queue pair");
-        let (info, b) = (&self.params[p].info, &self.fixed_bufs[buf as usize]);
-        let tag = slot as u64;
-        if write {
-            qp.write(info, lba, blocks, b, 0, tag)
-        } else {
-            qp.read(info, lba, blocks, b, 0, tag)
+            CmdKind::FixedRead | CmdKind::FixedWrite => unreachable!("sent by Channel::send"),
         }
     }
 
     /// Queues a passthrough command with the nsid of this path's namespace.
     fn issue_passthru(
-        qp: &mut QueuePair,
+        qp: &mut QueuePair<Cmd>,
         info: &NsInfo,
-        mut cmd: PassthruCmd,
+        mut pc: PassthruCmd,
         data: Option<&DmaBuf>,
         md: Option<&DmaBuf>,
-        tag: u64,
+        cmd: Cmd,
     ) -> Result<(), SubmitError> {
-        if cmd.nsid != 0 && cmd.nsid != u32::MAX {
-            cmd.nsid = info.nsid;
+        if pc.nsid != 0 && pc.nsid != u32::MAX {
+            pc.nsid = info.nsid;
         }
-        qp.passthru(&cmd, data.map(DataRef::whole), md.map(DataRef::whole), tag)
+        qp.passthru(&pc, data.map(DataRef::whole), md.map(DataRef::whole), cmd)
     }
 
-    /// Stores a new command in a free slot, bound for `path` (retry and failover state cleared).
+    /// Takes a free slot for a command that needs one, with a fresh record. There is always one:
+    /// there are as many slots as commands may be outstanding.
+    fn take_slot(&mut self, mut cmd: Cmd) -> Cmd {
+        let slot = self
+            .free
+            .pop()
+            .expect("a slot for every outstanding command");
+        cmd.slot = slot;
+        self.entries[slot as usize] = Entry::new(cmd);
+        cmd
+    }
+
+    /// Gives back the slot of a command that is done, if it had one.
     #[inline]
-    fn store(&mut self, slot: u32, held: Held, path: usize) {
-        let e = &mut self.entries[slot as usize];
-        e.held = held;
-        e.path = path as u16;
-        e.retries = 0;
-        e.failovers = 0;
-        e.failing_since_ns = 0;
-        e.retry_same = false;
+    fn release_slot(&mut self, cmd: Cmd) {
+        if cmd.slot != NO_SLOT {
+            self.free.push(cmd.slot);
+        }
     }
 
     /// Submits a command. On refusal the descriptor comes back untouched.
@@ -638,16 +649,21 @@ impl Channel {
         if self.generation != self.ns.generation() {
             self.refresh();
         }
-        let Some(slot) = self.free.pop() else {
+        if self.outstanding >= self.entries.len() {
             return Err(Box::new(Refused {
                 reason: RefuseReason::Full,
                 desc,
             }));
-        };
-        self.owned[slot as usize] = Some(desc);
-        self.store(slot, Held::Owned, NO_PATH);
-        self.start(slot).map_err(|reason| {
-            let desc = self.owned[slot as usize].take().expect("just stored");
+        }
+        let cmd = self.take_slot(Cmd {
+            tag: desc.tag,
+            kind: CmdKind::Owned,
+            idempotent: desc.idempotent(),
+            ..Cmd::default()
+        });
+        self.owned[cmd.slot as usize] = Some(desc);
+        self.start(cmd).map_err(|reason| {
+            let desc = self.owned[cmd.slot as usize].take().expect("just stored");
             Box::new(Refused { reason, desc })
         })
     }
@@ -657,16 +673,14 @@ impl Channel {
     /// nothing is moved in or out per command. Replaces an earlier set.
     ///
     /// # Errors
-    /// [`RefuseReason::Invalid`] while commands on registered buffers are outstanding.
+    /// [`RefuseReason::Invalid`] while any command is outstanding (one may be on a registered
+    /// buffer: the channel does not keep count of which are, to keep their path short).
     pub fn register_buffers(&mut self, bufs: Arc<[DmaBuf]>) -> Result<(), RefuseReason> {
-        if self
-            .entries
-            .iter()
-            .any(|e| matches!(e.held, Held::FixedRw { .. } | Held::FixedPassthru { .. }))
-        {
-            return Err(RefuseReason::Invalid(
-                "registered buffers are in use by outstanding commands".into(),
-            ));
+        if self.outstanding > 0 {
+            return Err(RefuseReason::Invalid(format!(
+                "buffers can be registered only while no command is outstanding ({} are)",
+                self.outstanding
+            )));
         }
         self.fixed_bufs = bufs;
         Ok(())
@@ -682,32 +696,37 @@ impl Channel {
     #[inline(always)]
     pub fn submit_fixed(&mut self, kind: IoKind, buf: u32, tag: u64) -> Result<(), RefuseReason> {
         // The common case, small enough to inline into the caller's loop: a read or write, the
-        // path view current, a free slot, and the picked path takes it.
+        // path view current, room in the channel, and the picked path takes it. The command
+        // needs no slot: all of it travels in its queue pair's command-id table.
         if let IoKind::Read { lba, blocks } | IoKind::Write { lba, blocks } = kind {
-            if self.generation == self.ns.generation() && (buf as usize) < self.fixed_bufs.len() {
-                let Some(slot) = self.free.pop() else {
-                    return Err(RefuseReason::Full);
-                };
+            if self.generation == self.ns.generation()
+                && (buf as usize) < self.fixed_bufs.len()
+                && self.outstanding < self.entries.len()
+            {
                 if let Some(p) = self.pick_any() {
                     let write = matches!(kind, IoKind::Write { .. });
-                    self.store(
-                        slot,
-                        Held::FixedRw {
-                            write,
-                            lba,
-                            blocks,
-                            buf,
-                            tag,
+                    let cmd = Cmd {
+                        tag,
+                        lba,
+                        blocks,
+                        buf,
+                        slot: NO_SLOT,
+                        kind: if write {
+                            CmdKind::FixedWrite
+                        } else {
+                            CmdKind::FixedRead
                         },
-                        p,
-                    );
-                    return match self.send_rw(p, slot, write, lba, blocks, buf) {
-                        Ok(()) => Ok(()),
-                        Err(e) => self.start_slow(slot, Some((p, e))),
+                        idempotent: !write,
+                    };
+                    return match self.send(p, cmd) {
+                        Ok(()) => {
+                            self.outstanding += 1;
+                            Ok(())
+                        }
+                        Err(e) => self.start_slow(cmd, Some((p, e))),
                     };
                 }
                 // No usable path now: the slow path parks it or refuses it.
-                self.free.push(slot);
             }
         }
         self.submit_fixed_slow(kind, buf, tag)
@@ -727,53 +746,67 @@ impl Channel {
                 self.fixed_bufs.len()
             )));
         }
-        let Some(slot) = self.free.pop() else {
+        if self.outstanding >= self.entries.len() {
             return Err(RefuseReason::Full);
-        };
-        let held = match kind {
-            IoKind::Read { lba, blocks } | IoKind::Write { lba, blocks } => Held::FixedRw {
-                write: matches!(kind, IoKind::Write { .. }),
-                lba,
-                blocks,
-                buf,
-                tag,
-            },
-            IoKind::Passthru { cmd, idempotent } => {
-                self.fixed_cmds[slot as usize] = cmd;
-                Held::FixedPassthru {
-                    buf,
+        }
+        let cmd = match kind {
+            IoKind::Read { lba, blocks } | IoKind::Write { lba, blocks } => {
+                let write = matches!(kind, IoKind::Write { .. });
+                Cmd {
                     tag,
-                    idempotent,
+                    lba,
+                    blocks,
+                    buf,
+                    slot: NO_SLOT,
+                    kind: if write {
+                        CmdKind::FixedWrite
+                    } else {
+                        CmdKind::FixedRead
+                    },
+                    idempotent: !write,
                 }
             }
+            IoKind::Passthru { cmd, idempotent } => {
+                let c = self.take_slot(Cmd {
+                    tag,
+                    buf,
+                    kind: CmdKind::FixedPassthru,
+                    idempotent,
+                    ..Cmd::default()
+                });
+                self.fixed_cmds[c.slot as usize] = cmd;
+                c
+            }
         };
-        self.store(slot, held, NO_PATH);
-        self.start(slot)
+        self.start(cmd)
     }
 
-    /// Sends a freshly stored slot to a path, or parks it on the requeue ring when no path is
-    /// usable but one may come back. On refusal the slot is emptied and freed (an owned descriptor
-    /// stays in `owned` for the caller to take back).
+    /// Sends a new command to a path, or parks it on the requeue ring when no path is usable but
+    /// one may come back; either way it is now outstanding. On refusal its slot, if it has one,
+    /// is freed (an owned descriptor stays in `owned` for the caller to take back).
     #[inline]
-    fn start(&mut self, slot: u32) -> Result<(), RefuseReason> {
+    fn start(&mut self, cmd: Cmd) -> Result<(), RefuseReason> {
         let first = match self.pick_any() {
-            Some(p) => match self.issue(p, slot) {
-                Ok(()) => return Ok(()),
+            Some(p) => match self.send(p, cmd) {
+                Ok(()) => {
+                    self.outstanding += 1;
+                    return Ok(());
+                }
                 Err(e) => Some((p, e)),
             },
             None => None,
         };
-        self.start_slow(slot, first)
+        self.start_slow(cmd, first)
     }
 
     /// The rest of [`Channel::start`], off the common path: learns from the first path's refusal
-    /// (`first`), then tries the other paths or parks the slot on the requeue ring; on refusal,
-    /// empties and frees the slot.
+    /// (`first`), then tries the other paths or parks the command on the requeue ring; on
+    /// refusal, frees its slot.
     #[cold]
     #[inline(never)]
     fn start_slow(
         &mut self,
-        slot: u32,
+        cmd: Cmd,
         mut first: Option<(usize, SubmitError)>,
     ) -> Result<(), RefuseReason> {
         let r = loop {
@@ -783,19 +816,28 @@ impl Channel {
                     let Some(p) = self.pick_any() else {
                         if self.any_waiting() {
                             // Wait on the ring for a path to come back.
+                            let cmd = if cmd.slot == NO_SLOT {
+                                self.take_slot(cmd)
+                            } else {
+                                cmd
+                            };
                             let now = self.now_ns();
                             let wait = self.hold_ns();
-                            let e = &mut self.entries[slot as usize];
+                            let e = &mut self.entries[cmd.slot as usize];
                             e.path = NO_PATH as u16; // on no path yet: none to avoid
                             e.not_before_ns = now;
                             e.deadline_ns = now + wait;
-                            self.requeue.push(slot);
+                            self.requeue.push(cmd.slot);
+                            self.outstanding += 1;
                             return Ok(());
                         }
                         break RefuseReason::NoPath;
                     };
-                    match self.issue(p, slot) {
-                        Ok(()) => return Ok(()),
+                    match self.send(p, cmd) {
+                        Ok(()) => {
+                            self.outstanding += 1;
+                            return Ok(());
+                        }
                         Err(e) => (p, e),
                     }
                 }
@@ -807,8 +849,7 @@ impl Channel {
                 e => break RefuseReason::Invalid(e.to_string()),
             }
         };
-        self.entries[slot as usize].held = Held::Empty;
-        self.free.push(slot);
+        self.release_slot(cmd);
         Err(r)
     }
 
@@ -839,27 +880,23 @@ impl Channel {
             };
             loop {
                 let r = q.poll(max, |c| {
-                    // The common case, inline: a registered-buffer read or write that succeeded.
-                    let slot = c.tag as usize;
-                    if c.outcome.is_success() {
-                        if let Some(e) = self.entries.get_mut(slot) {
-                            if let Held::FixedRw { tag, buf, .. } = e.held {
-                                e.held = Held::Empty;
-                                self.free.push(slot as u32);
-                                self.stats.completed += 1;
-                                n += 1;
-                                let mut done = MpCompletion {
-                                    tag,
-                                    result: Ok(c.dw0),
-                                    data: None,
-                                    metadata: None,
-                                    buf_index: Some(buf),
-                                };
-                                f(&mut done);
-                                done.release();
-                                return;
-                            }
-                        }
+                    // The common case, inline: a registered-buffer read or write (the only
+                    // commands without a slot) that succeeded.
+                    let cmd = c.tag;
+                    if c.outcome.is_success() && cmd.slot == NO_SLOT {
+                        self.outstanding -= 1;
+                        self.stats.completed += 1;
+                        n += 1;
+                        let mut done = MpCompletion {
+                            tag: cmd.tag,
+                            result: Ok(c.dw0),
+                            data: None,
+                            metadata: None,
+                            buf_index: Some(cmd.buf),
+                        };
+                        f(&mut done);
+                        done.release();
+                        return;
                     }
                     if self.dispose(p, c, &mut f) {
                         n += 1;
@@ -881,15 +918,20 @@ impl Channel {
         n
     }
 
-    /// Applies the disposition rules to one completion. Returns true if it completed.
-    fn dispose(&mut self, p: usize, c: Completion, f: &mut dyn FnMut(&mut MpCompletion)) -> bool {
-        let slot = c.tag as u32;
-        let Some(e) = self.entries.get(slot as usize).filter(|e| e.is_live()) else {
-            log::error!("completion for unknown channel slot {slot}");
-            return false;
+    /// Applies the disposition rules to one completion from path `p`. Returns true if it
+    /// completed.
+    fn dispose(
+        &mut self,
+        p: usize,
+        c: Completion<Cmd>,
+        f: &mut dyn FnMut(&mut MpCompletion),
+    ) -> bool {
+        let cmd = c.tag;
+        let retries = match cmd.slot {
+            NO_SLOT => 0,
+            s => self.entries[s as usize].retries,
         };
-        let retries_left = e.retries < self.opts.retries;
-        let d = dispose(c.outcome, retries_left, self.params[p].crdt);
+        let d = dispose(c.outcome, retries < self.opts.retries, self.params[p].crdt);
         if d == Disposition::Complete {
             let result = match c.outcome {
                 Outcome::Status(st) if st.is_success() => Ok(c.dw0),
@@ -899,7 +941,7 @@ impl Channel {
                 }),
                 other => Err(IoError::Refused(other.to_string())),
             };
-            self.complete(slot, result, f);
+            self.complete(cmd, result, f);
             return true;
         }
         // Learn from the failure before resending.
@@ -920,14 +962,6 @@ impl Channel {
             _ => {}
         }
         let now = self.now_ns();
-        let idempotent = match self.entries[slot as usize].held {
-            Held::Empty => false,
-            Held::Owned => self.owned[slot as usize]
-                .as_ref()
-                .is_some_and(|d| d.idempotent()),
-            Held::FixedRw { write, .. } => !write,
-            Held::FixedPassthru { idempotent, .. } => idempotent,
-        };
         // An ANA transition or inaccessible group may take up to ANATT to settle: wait at least
         // that long for a usable path (and keep failing over at least that long) before giving up.
         let mut wait_ns = self.opts.fast_fail_ms * 1_000_000;
@@ -938,7 +972,14 @@ impl Channel {
                 wait_ns = wait_ns.max(self.params[p].anatt_ns);
             }
         }
-        let s = &mut self.entries[slot as usize];
+        // A registered read or write gets its slot at its first failure.
+        let cmd = if cmd.slot == NO_SLOT {
+            self.take_slot(cmd)
+        } else {
+            cmd
+        };
+        let s = &mut self.entries[cmd.slot as usize];
+        s.path = p as u16;
         match d {
             Disposition::Retry { delay_ms } => {
                 s.retries += 1;
@@ -958,11 +999,11 @@ impl Channel {
                         failing_ms: failing_ns / 1_000_000,
                         last: c.outcome.to_string(),
                     };
-                    self.complete(slot, Err(err), f);
+                    self.complete(cmd, Err(err), f);
                     return true;
                 }
                 s.retry_same = false;
-                s.not_before_ns = if idempotent {
+                s.not_before_ns = if cmd.idempotent {
                     now
                 } else {
                     self.stats.quiesce_waits += 1;
@@ -973,38 +1014,35 @@ impl Channel {
             Disposition::Complete => unreachable!(),
         }
         s.deadline_ns = s.not_before_ns + wait_ns;
-        let pushed = self.requeue.push(slot);
+        let pushed = self.requeue.push(cmd.slot);
         debug_assert!(pushed, "the ring holds every slot");
         false
     }
 
-    /// Frees `slot` and hands its result and buffers to `f`.
+    /// Finishes `cmd`: frees its slot and hands its result and buffers to `f`.
     fn complete(
         &mut self,
-        slot: u32,
+        cmd: Cmd,
         result: Result<u32, IoError>,
         f: &mut dyn FnMut(&mut MpCompletion),
     ) {
-        let held = std::mem::replace(&mut self.entries[slot as usize].held, Held::Empty);
-        let (tag, data, metadata, buf_index) = match held {
-            Held::FixedRw { buf, tag, .. } | Held::FixedPassthru { buf, tag, .. } => {
-                (tag, None, None, Some(buf))
-            }
-            Held::Owned => {
-                let d = self.owned[slot as usize]
+        let (data, metadata, buf_index) = match cmd.kind {
+            CmdKind::Owned => {
+                let d = self.owned[cmd.slot as usize]
                     .take()
-                    .expect("completed slot is live");
-                (d.tag, d.data, d.metadata, None)
+                    .expect("an owned command keeps its descriptor");
+                (d.data, d.metadata, None)
             }
-            Held::Empty => unreachable!("completed slot is live"),
+            _ => (None, None, Some(cmd.buf)),
         };
-        self.free.push(slot);
+        self.release_slot(cmd);
+        self.outstanding -= 1;
         self.stats.completed += 1;
         if matches!(result, Err(IoError::NoPath)) {
             self.stats.no_path += 1;
         }
         f(&mut MpCompletion {
-            tag,
+            tag: cmd.tag,
             result,
             data,
             metadata,
@@ -1034,12 +1072,12 @@ impl Channel {
                 if self.any_waiting() && now < deadline_ns {
                     self.requeue.push(slot);
                 } else {
-                    self.complete(slot, Err(IoError::NoPath), f);
+                    self.complete(s.cmd, Err(IoError::NoPath), f);
                     done += 1;
                 }
                 continue;
             };
-            match self.issue(p, slot) {
+            match self.send(p, s.cmd) {
                 Ok(()) => {}
                 Err(SubmitError::QueueFull) => {
                     self.requeue.push(slot);
@@ -1053,7 +1091,7 @@ impl Channel {
                     self.requeue.push(slot);
                 }
                 Err(e) => {
-                    self.complete(slot, Err(IoError::Refused(e.to_string())), f);
+                    self.complete(s.cmd, Err(IoError::Refused(e.to_string())), f);
                     done += 1;
                 }
             }

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use vfnvme::spec::identify::NsIdentifier;
 use vfnvme::{Controller, Namespace, NsInfo, QueueOptions, QueuePair};
 
+use crate::channel::Cmd;
 use crate::path::{Generation, PathInfo, PathStatus};
 use crate::Error;
 
@@ -156,8 +157,8 @@ pub fn same_namespace(a: &Namespace, b: &Namespace) -> bool {
 
 /// Where the control plane leaves queue pairs for a channel (a path came back as a new
 /// controller). One per channel; the channel takes them when the generation moves.
-pub(crate) type Inbox = Arc<Mutex<Vec<(usize, QueuePair)>>>;
-type WeakInbox = std::sync::Weak<Mutex<Vec<(usize, QueuePair)>>>;
+pub(crate) type Inbox = Arc<Mutex<Vec<(usize, QueuePair<Cmd>)>>>;
+type WeakInbox = std::sync::Weak<Mutex<Vec<(usize, QueuePair<Cmd>)>>>;
 
 /// One namespace over all the controllers (paths) that reach it.
 pub struct MpNamespace {
@@ -239,7 +240,7 @@ impl MpNamespace {
         inboxes.retain(|(w, _)| w.strong_count() > 0);
         for (w, opts) in inboxes.iter() {
             if let Some(inbox) = w.upgrade() {
-                let qp = ctrl.io_queue_pair(*opts)?;
+                let qp = ctrl.io_queue_pair_with(*opts)?;
                 inbox.lock().unwrap().push((i, qp));
             }
         }

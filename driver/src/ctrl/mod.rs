@@ -784,6 +784,21 @@ impl Controller {
     /// [`Error::NotReady`], [`Error::NoQueues`], [`Error::Dma`], or the admin errors of Create
     /// I/O CQ/SQ.
     pub fn io_queue_pair(&self, opts: QueueOptions) -> Result<QueuePair, Error> {
+        self.io_queue_pair_with(opts)
+    }
+
+    /// [`Controller::io_queue_pair`] whose commands carry a context of type `C` instead of a
+    /// `u64` tag: the queue pair keeps it with the command (in its command-id table) and hands it
+    /// back in the [`Completion`](crate::Completion), so that a caller that must remember more
+    /// than a tag per command needs no table of its own. Keep `C` small: it is copied in at
+    /// submission and out at completion.
+    ///
+    /// # Errors
+    /// As [`Controller::io_queue_pair`].
+    pub fn io_queue_pair_with<C: Copy + Default>(
+        &self,
+        opts: QueueOptions,
+    ) -> Result<QueuePair<C>, Error> {
         let name = self.name().clone();
         let state = self.state();
         if state != CtrlState::Live {
@@ -814,13 +829,13 @@ impl Controller {
         r
     }
 
-    fn new_queue_pair(
+    fn new_queue_pair<C: Copy + Default>(
         &self,
         qid: u16,
         size: u16,
         info: &CtrlInfo,
         opts: QueueOptions,
-    ) -> Result<QueuePair, Error> {
+    ) -> Result<QueuePair<C>, Error> {
         // The epoch is read before the queues are created: if a reset slips in between, the
         // queue pair starts in the old epoch, rewinds on first use, and gets its queues back
         // from the control plane like every other.
@@ -852,7 +867,7 @@ impl Controller {
         self.create_queues_in_device(&rec)?;
         let sync = rec.sync.clone();
         self.inner.queues.lock().unwrap().live.push(rec);
-        Ok(QueuePair::new(QueueSetup {
+        Ok(QueuePair::<C>::new(QueueSetup {
             shared: self.inner.shared.clone(),
             rings,
             domain: self.inner.domain,

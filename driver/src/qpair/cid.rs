@@ -116,17 +116,19 @@ impl<T> CidTable<T> {
         slot as u16 | (self.slots[slot].gen << SLOT_BITS)
     }
 
-    /// Frees a slot checked by [`CidTable::check`] and returns its record.
+    /// Frees a slot checked by [`CidTable::check`] and returns (a copy of) its record, which
+    /// stays in the free slot until the next `alloc` overwrites it: nothing reads a free slot's
+    /// record, so it is not cleared.
     #[inline]
     pub fn free(&mut self, slot: usize) -> T
     where
-        T: Default,
+        T: Copy,
     {
         let s = &mut self.slots[slot];
         debug_assert!(s.busy);
         s.busy = false;
         self.free.push(slot as u16);
-        std::mem::take(&mut s.value)
+        s.value
     }
 
     /// True if `slot` holds a command in flight.

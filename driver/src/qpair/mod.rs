@@ -5,16 +5,23 @@
 //! is written once per batch, by [`QueuePair::ring`] or at the start of [`QueuePair::poll`].
 //!
 //! # Completions: tokens, not callbacks
-//! Every submission carries a caller-chosen `u64` tag, and [`QueuePair::poll`] hands each
+//! Every submission carries a caller-chosen tag, and [`QueuePair::poll`] hands each
 //! completion with its tag to a closure the caller passes *to that poll*. Nothing is boxed or
 //! stored per command, so there is no allocation on the I/O path and no `'static` bound on the
 //! caller's state, and the closure is inlined into the caller's loop. A callback-per-command API
 //! (SPDK's `cb_fn, cb_arg`) costs an indirect call and makes ownership of the argument unclear;
 //! a tag is what the caller indexes its own table with.
 //!
+//! The tag is a `u64` by default. A caller that must remember more per command (the multipath
+//! channel keeps what it needs to rebuild the command on another path) makes it any small `Copy`
+//! type with [`Controller::io_queue_pair_with`](crate::Controller::io_queue_pair_with): the
+//! queue pair stores it with the command and gives it back in the [`Completion`], so the caller
+//! keeps no table of its own.
+//!
 //! # Per-command host memory
-//! A command costs one 32-byte slot of the command-id table (a 24-byte [`Tracker`] plus its
-//! generation and busy flag; the design allows 256). PRP list pages come from
+//! A command costs one slot of the command-id table: 32 bytes with a `u64` tag (a 24-byte
+//! [`Tracker`] plus its generation and busy flag), 56 with the multipath channel's context; the
+//! design allows 256. PRP list pages come from
 //! a per-queue pool and are taken only for transfers that span more than two pages.
 //!
 //! # Errors
@@ -46,8 +53,8 @@ const NONE: u16 = u16::MAX;
 
 /// What the driver keeps per in-flight command.
 #[derive(Clone, Copy, Debug)]
-pub struct Tracker {
-    tag: u64,
+pub struct Tracker<C = u64> {
+    tag: C,
     deadline_ns: u64,
     prp_list: u16,
     group: u16,
@@ -55,10 +62,10 @@ pub struct Tracker {
     timed_out: bool,
 }
 
-impl Default for Tracker {
+impl<C: Default> Default for Tracker<C> {
     fn default() -> Self {
         Tracker {
-            tag: 0,
+            tag: C::default(),
             deadline_ns: 0,
             prp_list: NONE,
             group: NONE,
@@ -104,9 +111,9 @@ impl std::fmt::Display for Outcome {
 
 /// One finished command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Completion {
-    /// The tag given at submission.
-    pub tag: u64,
+pub struct Completion<C = u64> {
+    /// The tag (or context) given at submission.
+    pub tag: C,
     /// How it ended.
     pub outcome: Outcome,
     /// Command-specific result (CQE dword 0).
@@ -296,8 +303,8 @@ impl Default for QueueOptions {
 
 /// Split transfers: one completion for several commands.
 #[derive(Clone, Copy, Default)]
-struct Group {
-    tag: u64,
+struct Group<C> {
+    tag: C,
     left: u16,
     opcode: u8,
     outcome: Option<Outcome>,
@@ -331,6 +338,7 @@ impl QueueSync {
     }
 
     /// The epoch in which the device queues exist.
+    #[inline]
     pub fn live(&self) -> u64 {
         self.live.load(Ordering::Acquire)
     }
@@ -360,16 +368,16 @@ pub(crate) struct QueueSetup {
 }
 
 /// A polled I/O queue pair. See the module docs.
-pub struct QueuePair {
+pub struct QueuePair<C = u64> {
     shared: Arc<CtrlShared>,
     rings: Rings,
-    cids: CidTable<Tracker>,
+    cids: CidTable<Tracker<C>>,
     domain: DomainId,
     pool: Arc<DmaPool>,
     prp_pages: Vec<DmaBuf>,
     prp_free: Vec<u16>,
     prp_next: Vec<u16>,
-    groups: Vec<Group>,
+    groups: Vec<Group<C>>,
     groups_free: Vec<u16>,
     mdts_bytes: u64,
     epoch: u64,
@@ -378,13 +386,13 @@ pub struct QueuePair {
     ticks: u32,
     next_scan_ns: u64,
     /// Commands completed by a reset or removal, delivered by the next poll.
-    failed: Vec<Completion>,
+    failed: Vec<Completion<C>>,
     release: Arc<std::sync::Mutex<Vec<u16>>>,
     sync: Arc<QueueSync>,
     _not_sync: std::marker::PhantomData<std::cell::Cell<()>>,
 }
 
-impl Drop for QueuePair {
+impl<C> Drop for QueuePair<C> {
     fn drop(&mut self) {
         self.release
             .lock()
@@ -395,8 +403,8 @@ impl Drop for QueuePair {
 
 const SCAN_INTERVAL_NS: u64 = 1_000_000;
 
-impl QueuePair {
-    pub(crate) fn new(s: QueueSetup) -> QueuePair {
+impl<C: Copy + Default> QueuePair<C> {
+    pub(crate) fn new(s: QueueSetup) -> QueuePair<C> {
         let slots = s.rings.size() as usize - 1;
         QueuePair {
             shared: s.shared,
@@ -683,7 +691,7 @@ impl QueuePair {
         mut sqe: Sqe,
         data: Option<&DataRef<'_>>,
         metadata: Option<&DataRef<'_>>,
-        tag: u64,
+        tag: C,
         group: u16,
         timeout_ms: u32,
     ) -> Result<(), SubmitError> {
@@ -740,7 +748,7 @@ impl QueuePair {
         cmd: &PassthruCmd,
         data: Option<DataRef<'_>>,
         metadata: Option<DataRef<'_>>,
-        tag: u64,
+        tag: C,
     ) -> Result<(), SubmitError> {
         self.check_ready()?;
         if cmd.flags & 0xc0 != 0 {
@@ -780,7 +788,7 @@ impl QueuePair {
         &mut self,
         sqe: Sqe,
         data: Option<DataRef<'_>>,
-        tag: u64,
+        tag: C,
     ) -> Result<(), SubmitError> {
         self.check_ready()?;
         self.queue(sqe, data.as_ref(), None, tag, NONE, 0)
@@ -799,7 +807,7 @@ impl QueuePair {
         blocks: u32,
         buf: &DmaBuf,
         buf_offset: usize,
-        tag: u64,
+        tag: C,
     ) -> Result<(), SubmitError> {
         self.rw(NvmOpcode::READ.0, ns, lba, blocks, buf, buf_offset, tag)
     }
@@ -816,7 +824,7 @@ impl QueuePair {
         blocks: u32,
         buf: &DmaBuf,
         buf_offset: usize,
-        tag: u64,
+        tag: C,
     ) -> Result<(), SubmitError> {
         self.rw(NvmOpcode::WRITE.0, ns, lba, blocks, buf, buf_offset, tag)
     }
@@ -832,13 +840,13 @@ impl QueuePair {
         blocks: u32,
         buf: &DmaBuf,
         buf_offset: usize,
-        tag: u64,
+        tag: C,
     ) -> Result<(), SubmitError> {
         self.rw(NvmOpcode::COMPARE.0, ns, lba, blocks, buf, buf_offset, tag)
     }
 
     #[allow(clippy::too_many_arguments)]
-    #[inline]
+    #[inline(always)]
     fn rw(
         &mut self,
         opcode: u8,
@@ -847,7 +855,7 @@ impl QueuePair {
         blocks: u32,
         buf: &DmaBuf,
         buf_offset: usize,
-        tag: u64,
+        tag: C,
     ) -> Result<(), SubmitError> {
         self.check_ready()?;
         let len = (blocks as u64) << ns.lba_shift;
@@ -871,6 +879,31 @@ impl QueuePair {
             };
             return self.queue(sqe, Some(&d), None, tag, NONE, 0);
         }
+        self.rw_split(opcode, ns, lba, blocks, buf, buf_offset, tag, max_blocks)
+    }
+
+    /// [`QueuePair::rw`] above MDTS: one command per `max_blocks`, completed together as one.
+    #[allow(clippy::too_many_arguments)]
+    #[cold]
+    #[inline(never)]
+    fn rw_split(
+        &mut self,
+        opcode: u8,
+        ns: &NsInfo,
+        lba: u64,
+        blocks: u32,
+        buf: &DmaBuf,
+        buf_offset: usize,
+        tag: C,
+        max_blocks: u64,
+    ) -> Result<(), SubmitError> {
+        let len = (blocks as u64) << ns.lba_shift;
+        let bad = |why| SubmitError::BadBuffer {
+            ctrl: self.shared.name.clone(),
+            qid: self.qid(),
+            opcode,
+            why,
+        };
         // Split: every piece must fit now, or nothing is queued.
         let pieces = (blocks as u64).div_ceil(max_blocks) as usize;
         if buf_offset
@@ -931,7 +964,7 @@ impl QueuePair {
     ///
     /// # Errors
     /// [`SubmitError`].
-    pub fn flush(&mut self, nsid: u32, tag: u64) -> Result<(), SubmitError> {
+    pub fn flush(&mut self, nsid: u32, tag: C) -> Result<(), SubmitError> {
         self.check_ready()?;
         self.queue(Sqe::flush(nsid), None, None, tag, NONE, 0)
     }
@@ -946,7 +979,7 @@ impl QueuePair {
         lba: u64,
         blocks: u32,
         deallocate: bool,
-        tag: u64,
+        tag: C,
     ) -> Result<(), SubmitError> {
         self.check_ready()?;
         if blocks == 0 || blocks > 1 << 16 {
@@ -972,7 +1005,7 @@ impl QueuePair {
         ns: &NsInfo,
         ranges: &[(u64, u32)],
         ranges_buf: &DmaBuf,
-        tag: u64,
+        tag: C,
     ) -> Result<(), SubmitError> {
         self.check_ready()?;
         let opcode = NvmOpcode::DSM.0;
@@ -1015,7 +1048,11 @@ impl QueuePair {
     /// [`QueueError::BadCompletion`] for a completion the device should not have posted; the
     /// entry is consumed, completions before it were delivered, and polling may go on.
     #[inline]
-    pub fn poll(&mut self, max: usize, mut f: impl FnMut(Completion)) -> Result<usize, QueueError> {
+    pub fn poll(
+        &mut self,
+        max: usize,
+        mut f: impl FnMut(Completion<C>),
+    ) -> Result<usize, QueueError> {
         let w = self.shared.load();
         if w.epoch() != self.epoch {
             self.resync(w.epoch(), w.state());
@@ -1070,7 +1107,7 @@ impl QueuePair {
 
     /// Turns a freed tracker into a completion, or folds it into its split group.
     #[inline]
-    fn finish(&mut self, t: Tracker, outcome: Outcome, dw0: u32) -> Option<Completion> {
+    fn finish(&mut self, t: Tracker<C>, outcome: Outcome, dw0: u32) -> Option<Completion<C>> {
         if t.group == NONE {
             return Some(Completion {
                 tag: t.tag,
