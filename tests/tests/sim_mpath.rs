@@ -811,3 +811,86 @@ fn policies_pick_paths_as_documented_and_switch_at_run_time() {
     ch.set_policy(Policy::RoundRobin { min_ios: 1 });
     assert_eq!(burst(&w, &mut ch), [8, 0]);
 }
+
+#[test]
+fn a_path_handed_back_before_its_failed_commands_were_delivered_loses_none() {
+    // Arrange: active-passive on path 0; sixteen registered reads queued on path 0 but not yet
+    // rung (the doorbell goes at the next poll), so they are in its queue pair when it dies.
+    let w = world(1);
+    let control = fast_control(&w);
+    let mut ch = Channel::new(
+        &w.ns,
+        ChannelOptions {
+            policy: Policy::ActivePassive {
+                preferred: 0,
+                failback: true,
+            },
+            ..chan_opts()
+        },
+    )
+    .unwrap();
+    let bufs: Arc<[vfnvme_hugepages::DmaBuf]> = (0..16)
+        .map(|_| w.pool.alloc(IO_BYTES, 4096).unwrap())
+        .collect::<Vec<_>>()
+        .into();
+    ch.register_buffers(bufs.clone()).unwrap();
+    for i in 0..16u32 {
+        let read = IoKind::Read {
+            lba: 64 + (i * IO_BLOCKS) as u64,
+            blocks: IO_BLOCKS,
+        };
+        ch.submit_fixed(read, i, i as u64).unwrap();
+    }
+    assert_eq!(ch.in_flight_per_path(), vec![16, 0]);
+    // The set cannot change under outstanding commands.
+    assert!(matches!(
+        ch.register_buffers(bufs.clone()),
+        Err(RefuseReason::Invalid(_))
+    ));
+    // Act: port 0 goes away and comes back, and the control plane hands the channel a new queue
+    // pair for it, all before the channel has polled: the old queue pair still holds the sixteen.
+    let c0 = w.sim.controller(0);
+    c0.faults().surprise_remove();
+    until("path 0 gone", || {
+        w.ns.path(0).status() == vfnvme_mpath::PathStatus::Gone
+    });
+    c0.faults().restore();
+    let ctrl = Controller::open(c0.clone(), w.pool.clone(), ControllerOptions::default()).unwrap();
+    w.ns.reattach(0, ctrl).unwrap();
+    // Poll one completion at a time, so that the old queue pair delivers its failed commands
+    // over many polls while the new one waits in the inbox.
+    let mut done = Vec::new();
+    let start = Instant::now();
+    while done.len() < 16 {
+        ch.poll(1, |c| done.push((c.tag, c.result.clone())));
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "lost commands: {} of 16 completed",
+            done.len()
+        );
+    }
+    // Assert: each completed once, successfully, and the channel holds nothing.
+    done.sort_by_key(|d| d.0);
+    assert_eq!(done, (0..16).map(|t| (t, Ok(0))).collect::<Vec<_>>());
+    assert_eq!(ch.outstanding(), 0);
+    assert!(ch.stats().failovers >= 16, "{:?}", ch.stats());
+    // The new queue pair on path 0 was taken once the old one was idle: path 0 carries I/O.
+    until("path 0 back", || {
+        w.ns.path(0).status() == vfnvme_mpath::PathStatus::Optimized
+    });
+    let before = c0.stats().io(NvmOpcode::READ.0);
+    let mut got = 0;
+    let start = Instant::now();
+    while got < 8 && start.elapsed() < Duration::from_secs(20) {
+        let read = IoKind::Read {
+            lba: 64,
+            blocks: IO_BLOCKS,
+        };
+        if ch.submit_fixed(read, 0, 99).is_ok() {
+            while ch.poll(8, |c| assert_eq!(c.result, Ok(0))) == 0 {}
+            got += 1;
+        }
+    }
+    assert!(c0.stats().io(NvmOpcode::READ.0) > before, "path 0 unused");
+    drop(control);
+}
