@@ -557,19 +557,19 @@ impl Channel {
     /// Builds and queues `cmd` on path `p`: a new command id, the nsid of this path's namespace,
     /// PRPs in this path's DMA domain.
     #[inline(always)]
-    fn send(&mut self, p: usize, cmd: Cmd) -> Result<(), SubmitError> {
+    fn send(&mut self, p: usize, cmd: &Cmd) -> Result<(), SubmitError> {
         let qp = self.qps[p].as_mut().expect("picked path has a queue pair");
         let info = &self.params[p].info;
         match cmd.kind {
             CmdKind::FixedRead => {
                 let b = &self.fixed_bufs[cmd.buf as usize];
-                qp.read(info, cmd.lba, cmd.blocks, b, 0, cmd)
+                qp.read(info, cmd.lba, cmd.blocks, b, 0, *cmd)
             }
             CmdKind::FixedWrite => {
                 let b = &self.fixed_bufs[cmd.buf as usize];
-                qp.write(info, cmd.lba, cmd.blocks, b, 0, cmd)
+                qp.write(info, cmd.lba, cmd.blocks, b, 0, *cmd)
             }
-            _ => self.send_held(p, cmd),
+            _ => self.send_held(p, *cmd),
         }
     }
 
@@ -718,7 +718,7 @@ impl Channel {
                         },
                         idempotent: !write,
                     };
-                    return match self.send(p, cmd) {
+                    return match self.send(p, &cmd) {
                         Ok(()) => {
                             self.outstanding += 1;
                             Ok(())
@@ -787,7 +787,7 @@ impl Channel {
     #[inline]
     fn start(&mut self, cmd: Cmd) -> Result<(), RefuseReason> {
         let first = match self.pick_any() {
-            Some(p) => match self.send(p, cmd) {
+            Some(p) => match self.send(p, &cmd) {
                 Ok(()) => {
                     self.outstanding += 1;
                     return Ok(());
@@ -833,7 +833,7 @@ impl Channel {
                         }
                         break RefuseReason::NoPath;
                     };
-                    match self.send(p, cmd) {
+                    match self.send(p, &cmd) {
                         Ok(()) => {
                             self.outstanding += 1;
                             return Ok(());
@@ -1077,7 +1077,7 @@ impl Channel {
                 }
                 continue;
             };
-            match self.send(p, s.cmd) {
+            match self.send(p, &s.cmd) {
                 Ok(()) => {}
                 Err(SubmitError::QueueFull) => {
                     self.requeue.push(slot);

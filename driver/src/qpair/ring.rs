@@ -155,7 +155,13 @@ impl Rings {
     /// Free SQ entries, by the device's last reported head.
     #[inline]
     pub fn sq_free(&self) -> u16 {
-        let used = (self.sq_tail + self.size - self.sq_head) % self.size;
+        // Both are below `size` (`pop_cqe` ignores a head past the ring): a compare, not a
+        // division, per submission.
+        let used = if self.sq_tail >= self.sq_head {
+            self.sq_tail - self.sq_head
+        } else {
+            self.sq_tail + self.size - self.sq_head
+        };
         self.size - 1 - used
     }
 
