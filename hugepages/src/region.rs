@@ -214,7 +214,7 @@ impl DmaRegion {
     }
 
     /// IOVA of the region's first byte in `domain`, if mapped there.
-    #[inline]
+    #[inline(always)]
     pub fn iova_base(&self, domain: DomainId) -> Option<Iova> {
         let v = self.0.iova[domain.index()].load(Ordering::Relaxed);
         (v != UNMAPPED).then_some(Iova(v))

@@ -175,6 +175,7 @@ pub struct ChannelStats {
 
 /// What kind of command a [`Cmd`] is, and so where the rest of it is kept.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+#[repr(u8)]
 enum CmdKind {
     /// A read on a registered buffer: the first `blocks` blocks of buffer `buf`. Needs no slot
     /// until it fails.
@@ -195,24 +196,104 @@ enum CmdKind {
 /// whole in these 32 bytes, so the channel keeps no table of its own for it: failover costs the
 /// common path only this record. Anything larger, and the retry and failover state of a command
 /// that has failed once, lives in a slot (`slot`), taken when first needed.
+///
+/// Four whole words, not a struct of mixed fields: it is built in registers and copied into the
+/// queue pair's table, and a copy of mixed fields was stored field by field and then loaded in
+/// 16-byte pieces, a store-forwarding stall on every submission.
 #[derive(Clone, Copy, Default, Debug)]
 pub(crate) struct Cmd {
     /// Caller's tag.
     tag: u64,
     /// First block (registered reads and writes).
     lba: u64,
-    /// Blocks (registered reads and writes).
-    blocks: u32,
-    /// Index into the registered buffers.
-    buf: u32,
-    /// The slot that holds the rest of the command, or [`NO_SLOT`].
-    slot: u32,
-    kind: CmdKind,
-    /// Safe to resend at once after a path failure (reads, and passthrough marked so).
-    idempotent: bool,
+    /// Blocks (registered reads and writes), low 32 bits; index into the registered buffers,
+    /// high 32 bits.
+    blocks_buf: u64,
+    /// The slot that holds the rest of the command or [`NO_SLOT`], low 32 bits; the
+    /// [`CmdKind`], bits 32..40; idempotent (safe to resend at once after a path failure: reads,
+    /// and passthrough marked so), bit 40.
+    slot_kind: u64,
 }
 
 const _: () = assert!(std::mem::size_of::<Cmd>() == 32);
+
+impl Cmd {
+    /// A command of `kind` with no slot yet.
+    #[inline(always)]
+    fn new(kind: CmdKind, idempotent: bool, tag: u64, lba: u64, blocks: u32, buf: u32) -> Cmd {
+        Cmd {
+            tag,
+            lba,
+            blocks_buf: blocks as u64 | (buf as u64) << 32,
+            slot_kind: NO_SLOT as u64 | (kind as u64) << 32 | (idempotent as u64) << 40,
+        }
+    }
+
+    /// A read or write on registered buffer `buf`.
+    fn fixed_rw(write: bool, lba: u64, blocks: u32, buf: u32, tag: u64) -> Cmd {
+        let mut c = Cmd::default();
+        c.set_fixed_rw(write, lba, blocks, buf, tag, NO_SLOT);
+        c
+    }
+
+    /// Writes a read or write on registered buffer `buf`, kept in `slot`, over `self`, one
+    /// whole word at a time (see [`Cmd`]).
+    #[inline(always)]
+    fn set_fixed_rw(&mut self, write: bool, lba: u64, blocks: u32, buf: u32, tag: u64, slot: u32) {
+        let kind = if write {
+            CmdKind::FixedWrite
+        } else {
+            CmdKind::FixedRead
+        };
+        self.tag = tag;
+        self.lba = lba;
+        self.blocks_buf = blocks as u64 | (buf as u64) << 32;
+        self.slot_kind = slot as u64 | (kind as u64) << 32 | (!write as u64) << 40;
+    }
+
+    /// Blocks (registered reads and writes).
+    #[inline(always)]
+    fn blocks(&self) -> u32 {
+        self.blocks_buf as u32
+    }
+
+    /// Index into the registered buffers.
+    #[inline(always)]
+    fn buf(&self) -> u32 {
+        (self.blocks_buf >> 32) as u32
+    }
+
+    /// The slot that holds the rest of the command, or [`NO_SLOT`].
+    #[inline(always)]
+    fn slot(&self) -> u32 {
+        self.slot_kind as u32
+    }
+
+    /// The same command, kept in `slot`.
+    #[inline(always)]
+    fn with_slot(self, slot: u32) -> Cmd {
+        Cmd {
+            slot_kind: (self.slot_kind & !0xffff_ffff) | slot as u64,
+            ..self
+        }
+    }
+
+    #[inline(always)]
+    fn kind(&self) -> CmdKind {
+        match (self.slot_kind >> 32) as u8 {
+            0 => CmdKind::FixedRead,
+            1 => CmdKind::FixedWrite,
+            2 => CmdKind::FixedPassthru,
+            _ => CmdKind::Owned,
+        }
+    }
+
+    /// Safe to resend at once after a path failure.
+    #[inline(always)]
+    fn idempotent(&self) -> bool {
+        self.slot_kind >> 40 & 1 != 0
+    }
+}
 
 /// `Cmd::slot` of a command that has no slot.
 const NO_SLOT: u32 = u32::MAX;
@@ -558,18 +639,47 @@ impl Channel {
     /// PRPs in this path's DMA domain.
     #[inline(always)]
     fn send(&mut self, p: usize, cmd: &Cmd) -> Result<(), SubmitError> {
-        let qp = self.qps[p].as_mut().expect("picked path has a queue pair");
-        let info = &self.params[p].info;
-        match cmd.kind {
-            CmdKind::FixedRead => {
-                let b = &self.fixed_bufs[cmd.buf as usize];
-                qp.read(info, cmd.lba, cmd.blocks, b, 0, *cmd)
-            }
-            CmdKind::FixedWrite => {
-                let b = &self.fixed_bufs[cmd.buf as usize];
-                qp.write(info, cmd.lba, cmd.blocks, b, 0, *cmd)
+        match cmd.kind() {
+            CmdKind::FixedRead | CmdKind::FixedWrite => {
+                let write = cmd.kind() == CmdKind::FixedWrite;
+                self.send_fixed_rw(
+                    p,
+                    write,
+                    cmd.lba,
+                    cmd.blocks(),
+                    cmd.buf(),
+                    cmd.tag,
+                    cmd.slot(),
+                )
             }
             _ => self.send_held(p, *cmd),
+        }
+    }
+
+    /// Queues a read or write on registered buffer `buf` on path `p`. Takes the fields, not a
+    /// [`Cmd`]: the command is built right where the queue pair stores it, which keeps it out of
+    /// a stack copy (stored field by field, then loaded whole: a store-forwarding stall).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn send_fixed_rw(
+        &mut self,
+        p: usize,
+        write: bool,
+        lba: u64,
+        blocks: u32,
+        buf: u32,
+        tag: u64,
+        slot: u32,
+    ) -> Result<(), SubmitError> {
+        let qp = self.qps[p].as_mut().expect("picked path has a queue pair");
+        let info = &self.params[p].info;
+        let b = &self.fixed_bufs[buf as usize];
+        // The command is written straight into the queue pair's record of it.
+        let init = |c: &mut Cmd| c.set_fixed_rw(write, lba, blocks, buf, tag, slot);
+        if write {
+            qp.write_with(info, lba, blocks, b, 0, init)
+        } else {
+            qp.read_with(info, lba, blocks, b, 0, init)
         }
     }
 
@@ -579,11 +689,11 @@ impl Channel {
     fn send_held(&mut self, p: usize, cmd: Cmd) -> Result<(), SubmitError> {
         let qp = self.qps[p].as_mut().expect("picked path has a queue pair");
         let info = &self.params[p].info;
-        let slot = cmd.slot as usize;
-        match cmd.kind {
+        let slot = cmd.slot() as usize;
+        match cmd.kind() {
             CmdKind::FixedPassthru => {
                 let pc = self.fixed_cmds[slot];
-                let data = self.fixed_bufs.get(cmd.buf as usize);
+                let data = self.fixed_bufs.get(cmd.buf() as usize);
                 Self::issue_passthru(qp, info, pc, data, None, cmd)
             }
             CmdKind::Owned => {
@@ -622,12 +732,12 @@ impl Channel {
 
     /// Takes a free slot for a command that needs one, with a fresh record. There is always one:
     /// there are as many slots as commands may be outstanding.
-    fn take_slot(&mut self, mut cmd: Cmd) -> Cmd {
+    fn take_slot(&mut self, cmd: Cmd) -> Cmd {
         let slot = self
             .free
             .pop()
             .expect("a slot for every outstanding command");
-        cmd.slot = slot;
+        let cmd = cmd.with_slot(slot);
         self.entries[slot as usize] = Entry::new(cmd);
         cmd
     }
@@ -635,8 +745,8 @@ impl Channel {
     /// Gives back the slot of a command that is done, if it had one.
     #[inline]
     fn release_slot(&mut self, cmd: Cmd) {
-        if cmd.slot != NO_SLOT {
-            self.free.push(cmd.slot);
+        if cmd.slot() != NO_SLOT {
+            self.free.push(cmd.slot());
         }
     }
 
@@ -655,15 +765,17 @@ impl Channel {
                 desc,
             }));
         }
-        let cmd = self.take_slot(Cmd {
-            tag: desc.tag,
-            kind: CmdKind::Owned,
-            idempotent: desc.idempotent(),
-            ..Cmd::default()
-        });
-        self.owned[cmd.slot as usize] = Some(desc);
+        let cmd = self.take_slot(Cmd::new(
+            CmdKind::Owned,
+            desc.idempotent(),
+            desc.tag,
+            0,
+            0,
+            0,
+        ));
+        self.owned[cmd.slot() as usize] = Some(desc);
         self.start(cmd).map_err(|reason| {
-            let desc = self.owned[cmd.slot as usize].take().expect("just stored");
+            let desc = self.owned[cmd.slot() as usize].take().expect("just stored");
             Box::new(Refused { reason, desc })
         })
     }
@@ -705,25 +817,15 @@ impl Channel {
             {
                 if let Some(p) = self.pick_any() {
                     let write = matches!(kind, IoKind::Write { .. });
-                    let cmd = Cmd {
-                        tag,
-                        lba,
-                        blocks,
-                        buf,
-                        slot: NO_SLOT,
-                        kind: if write {
-                            CmdKind::FixedWrite
-                        } else {
-                            CmdKind::FixedRead
-                        },
-                        idempotent: !write,
-                    };
-                    return match self.send(p, &cmd) {
+                    return match self.send_fixed_rw(p, write, lba, blocks, buf, tag, NO_SLOT) {
                         Ok(()) => {
                             self.outstanding += 1;
                             Ok(())
                         }
-                        Err(e) => self.start_slow(cmd, Some((p, e))),
+                        Err(e) => {
+                            let cmd = Cmd::fixed_rw(write, lba, blocks, buf, tag);
+                            self.start_slow(cmd, Some((p, e)))
+                        }
                     };
                 }
                 // No usable path now: the slow path parks it or refuses it.
@@ -752,29 +854,12 @@ impl Channel {
         let cmd = match kind {
             IoKind::Read { lba, blocks } | IoKind::Write { lba, blocks } => {
                 let write = matches!(kind, IoKind::Write { .. });
-                Cmd {
-                    tag,
-                    lba,
-                    blocks,
-                    buf,
-                    slot: NO_SLOT,
-                    kind: if write {
-                        CmdKind::FixedWrite
-                    } else {
-                        CmdKind::FixedRead
-                    },
-                    idempotent: !write,
-                }
+                Cmd::fixed_rw(write, lba, blocks, buf, tag)
             }
             IoKind::Passthru { cmd, idempotent } => {
-                let c = self.take_slot(Cmd {
-                    tag,
-                    buf,
-                    kind: CmdKind::FixedPassthru,
-                    idempotent,
-                    ..Cmd::default()
-                });
-                self.fixed_cmds[c.slot as usize] = cmd;
+                let c =
+                    self.take_slot(Cmd::new(CmdKind::FixedPassthru, idempotent, tag, 0, 0, buf));
+                self.fixed_cmds[c.slot() as usize] = cmd;
                 c
             }
         };
@@ -816,18 +901,18 @@ impl Channel {
                     let Some(p) = self.pick_any() else {
                         if self.any_waiting() {
                             // Wait on the ring for a path to come back.
-                            let cmd = if cmd.slot == NO_SLOT {
+                            let cmd = if cmd.slot() == NO_SLOT {
                                 self.take_slot(cmd)
                             } else {
                                 cmd
                             };
                             let now = self.now_ns();
                             let wait = self.hold_ns();
-                            let e = &mut self.entries[cmd.slot as usize];
+                            let e = &mut self.entries[cmd.slot() as usize];
                             e.path = NO_PATH as u16; // on no path yet: none to avoid
                             e.not_before_ns = now;
                             e.deadline_ns = now + wait;
-                            self.requeue.push(cmd.slot);
+                            self.requeue.push(cmd.slot());
                             self.outstanding += 1;
                             return Ok(());
                         }
@@ -883,7 +968,7 @@ impl Channel {
                     // The common case, inline: a registered-buffer read or write (the only
                     // commands without a slot) that succeeded.
                     let cmd = c.tag;
-                    if c.outcome.is_success() && cmd.slot == NO_SLOT {
+                    if c.outcome.is_success() && cmd.slot() == NO_SLOT {
                         self.outstanding -= 1;
                         self.stats.completed += 1;
                         n += 1;
@@ -892,7 +977,7 @@ impl Channel {
                             result: Ok(c.dw0),
                             data: None,
                             metadata: None,
-                            buf_index: Some(cmd.buf),
+                            buf_index: Some(cmd.buf()),
                         };
                         f(&mut done);
                         done.release();
@@ -927,7 +1012,7 @@ impl Channel {
         f: &mut dyn FnMut(&mut MpCompletion),
     ) -> bool {
         let cmd = c.tag;
-        let retries = match cmd.slot {
+        let retries = match cmd.slot() {
             NO_SLOT => 0,
             s => self.entries[s as usize].retries,
         };
@@ -973,12 +1058,12 @@ impl Channel {
             }
         }
         // A registered read or write gets its slot at its first failure.
-        let cmd = if cmd.slot == NO_SLOT {
+        let cmd = if cmd.slot() == NO_SLOT {
             self.take_slot(cmd)
         } else {
             cmd
         };
-        let s = &mut self.entries[cmd.slot as usize];
+        let s = &mut self.entries[cmd.slot() as usize];
         s.path = p as u16;
         match d {
             Disposition::Retry { delay_ms } => {
@@ -1003,7 +1088,7 @@ impl Channel {
                     return true;
                 }
                 s.retry_same = false;
-                s.not_before_ns = if cmd.idempotent {
+                s.not_before_ns = if cmd.idempotent() {
                     now
                 } else {
                     self.stats.quiesce_waits += 1;
@@ -1014,7 +1099,7 @@ impl Channel {
             Disposition::Complete => unreachable!(),
         }
         s.deadline_ns = s.not_before_ns + wait_ns;
-        let pushed = self.requeue.push(cmd.slot);
+        let pushed = self.requeue.push(cmd.slot());
         debug_assert!(pushed, "the ring holds every slot");
         false
     }
@@ -1026,14 +1111,14 @@ impl Channel {
         result: Result<u32, IoError>,
         f: &mut dyn FnMut(&mut MpCompletion),
     ) {
-        let (data, metadata, buf_index) = match cmd.kind {
+        let (data, metadata, buf_index) = match cmd.kind() {
             CmdKind::Owned => {
-                let d = self.owned[cmd.slot as usize]
+                let d = self.owned[cmd.slot() as usize]
                     .take()
                     .expect("an owned command keeps its descriptor");
                 (d.data, d.metadata, None)
             }
-            _ => (None, None, Some(cmd.buf)),
+            _ => (None, None, Some(cmd.buf())),
         };
         self.release_slot(cmd);
         self.outstanding -= 1;

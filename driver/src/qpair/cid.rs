@@ -76,12 +76,20 @@ impl<T> CidTable<T> {
     /// Takes a free slot, stores `value` and returns the command id, or `None` when full.
     #[inline]
     pub fn alloc(&mut self, value: T) -> Option<u16> {
+        let (cid, v) = self.alloc_in_place()?;
+        *v = value;
+        Some(cid)
+    }
+
+    /// Takes a free slot and returns the command id and the slot's record, for the caller to
+    /// write in place (it holds the record of the slot's last command), or `None` when full.
+    #[inline(always)]
+    pub fn alloc_in_place(&mut self) -> Option<(u16, &mut T)> {
         let slot = self.free.pop()?;
         let s = &mut self.slots[slot as usize];
         s.gen = (s.gen + 1) % GEN_MOD;
         s.busy = true;
-        s.value = value;
-        Some(slot | (s.gen << SLOT_BITS))
+        Some((slot | (s.gen << SLOT_BITS), &mut s.value))
     }
 
     /// Checks a command id from the device without changing anything.

@@ -691,7 +691,7 @@ impl<C: Copy + Default> QueuePair<C> {
         mut sqe: Sqe,
         data: Option<&DataRef<'_>>,
         metadata: Option<&DataRef<'_>>,
-        tag: C,
+        init: impl FnOnce(&mut C),
         group: u16,
         timeout_ms: u32,
     ) -> Result<(), SubmitError> {
@@ -722,17 +722,16 @@ impl<C: Copy + Default> QueuePair<C> {
         } else {
             timeout_ms as u64 * 1_000_000
         };
-        let cid = self
-            .cids
-            .alloc(Tracker {
-                tag,
-                deadline_ns: self.now_ns + timeout_ns,
-                prp_list,
-                group,
-                opcode,
-                timed_out: false,
-            })
-            .expect("checked not full above");
+        let deadline_ns = self.now_ns + timeout_ns;
+        // Written field by field in place: a context built elsewhere and copied in whole was
+        // stored in pieces and loaded in wider ones (a store-forwarding stall per command).
+        let (cid, t) = self.cids.alloc_in_place().expect("checked not full above");
+        t.deadline_ns = deadline_ns;
+        t.prp_list = prp_list;
+        t.group = group;
+        t.opcode = opcode;
+        t.timed_out = false;
+        init(&mut t.tag);
         sqe.set_cid(cid);
         let pushed = self.rings.push(&sqe);
         debug_assert!(pushed, "checked SQ space above");
@@ -774,7 +773,7 @@ impl<C: Copy + Default> QueuePair<C> {
             cmd.to_sqe(),
             data.as_ref(),
             metadata.as_ref(),
-            tag,
+            move |t| *t = tag,
             NONE,
             cmd.timeout_ms,
         )
@@ -791,7 +790,7 @@ impl<C: Copy + Default> QueuePair<C> {
         tag: C,
     ) -> Result<(), SubmitError> {
         self.check_ready()?;
-        self.queue(sqe, data.as_ref(), None, tag, NONE, 0)
+        self.queue(sqe, data.as_ref(), None, move |t| *t = tag, NONE, 0)
     }
 
     /// Reads `blocks` logical blocks at `lba` into `buf` from byte `buf_offset`. Transfers above
@@ -809,7 +808,34 @@ impl<C: Copy + Default> QueuePair<C> {
         buf_offset: usize,
         tag: C,
     ) -> Result<(), SubmitError> {
-        self.rw(NvmOpcode::READ.0, ns, lba, blocks, buf, buf_offset, tag)
+        self.rw(
+            NvmOpcode::READ.0,
+            ns,
+            lba,
+            blocks,
+            buf,
+            buf_offset,
+            move |t| *t = tag,
+        )
+    }
+
+    /// [`QueuePair::read`] whose context `init` writes in place, in the queue pair's record of
+    /// the command: for a context larger than a register, cheaper than building it and copying
+    /// it in. `init` is called only if the command is queued.
+    ///
+    /// # Errors
+    /// As [`QueuePair::read`].
+    #[inline(always)]
+    pub fn read_with(
+        &mut self,
+        ns: &NsInfo,
+        lba: u64,
+        blocks: u32,
+        buf: &DmaBuf,
+        buf_offset: usize,
+        init: impl FnOnce(&mut C),
+    ) -> Result<(), SubmitError> {
+        self.rw(NvmOpcode::READ.0, ns, lba, blocks, buf, buf_offset, init)
     }
 
     /// Writes `blocks` logical blocks at `lba` from `buf`. Split above MDTS like [`Self::read`].
@@ -826,7 +852,32 @@ impl<C: Copy + Default> QueuePair<C> {
         buf_offset: usize,
         tag: C,
     ) -> Result<(), SubmitError> {
-        self.rw(NvmOpcode::WRITE.0, ns, lba, blocks, buf, buf_offset, tag)
+        self.rw(
+            NvmOpcode::WRITE.0,
+            ns,
+            lba,
+            blocks,
+            buf,
+            buf_offset,
+            move |t| *t = tag,
+        )
+    }
+
+    /// [`QueuePair::write`] with its context written in place, as [`QueuePair::read_with`].
+    ///
+    /// # Errors
+    /// As [`QueuePair::write`].
+    #[inline(always)]
+    pub fn write_with(
+        &mut self,
+        ns: &NsInfo,
+        lba: u64,
+        blocks: u32,
+        buf: &DmaBuf,
+        buf_offset: usize,
+        init: impl FnOnce(&mut C),
+    ) -> Result<(), SubmitError> {
+        self.rw(NvmOpcode::WRITE.0, ns, lba, blocks, buf, buf_offset, init)
     }
 
     /// Compares `blocks` logical blocks at `lba` with `buf` (status Compare Failure on mismatch).
@@ -842,7 +893,15 @@ impl<C: Copy + Default> QueuePair<C> {
         buf_offset: usize,
         tag: C,
     ) -> Result<(), SubmitError> {
-        self.rw(NvmOpcode::COMPARE.0, ns, lba, blocks, buf, buf_offset, tag)
+        self.rw(
+            NvmOpcode::COMPARE.0,
+            ns,
+            lba,
+            blocks,
+            buf,
+            buf_offset,
+            move |t| *t = tag,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -855,7 +914,7 @@ impl<C: Copy + Default> QueuePair<C> {
         blocks: u32,
         buf: &DmaBuf,
         buf_offset: usize,
-        tag: C,
+        init: impl FnOnce(&mut C),
     ) -> Result<(), SubmitError> {
         self.check_ready()?;
         let len = (blocks as u64) << ns.lba_shift;
@@ -877,8 +936,10 @@ impl<C: Copy + Default> QueuePair<C> {
                 offset: buf_offset,
                 len: len as usize,
             };
-            return self.queue(sqe, Some(&d), None, tag, NONE, 0);
+            return self.queue(sqe, Some(&d), None, init, NONE, 0);
         }
+        let mut tag = C::default();
+        init(&mut tag);
         self.rw_split(opcode, ns, lba, blocks, buf, buf_offset, tag, max_blocks)
     }
 
@@ -941,7 +1002,7 @@ impl<C: Copy + Default> QueuePair<C> {
                 offset: buf_offset + (done << ns.lba_shift) as usize,
                 len: (n << ns.lba_shift) as usize,
             };
-            if let Err(e) = self.queue(sqe, Some(&d), None, tag, g, 0) {
+            if let Err(e) = self.queue(sqe, Some(&d), None, move |t| *t = tag, g, 0) {
                 // Only a PRP-memory or mapping error can get here; the pieces already queued
                 // complete into the group, which reports this error for the whole transfer.
                 let grp = &mut self.groups[g as usize];
@@ -966,7 +1027,7 @@ impl<C: Copy + Default> QueuePair<C> {
     /// [`SubmitError`].
     pub fn flush(&mut self, nsid: u32, tag: C) -> Result<(), SubmitError> {
         self.check_ready()?;
-        self.queue(Sqe::flush(nsid), None, None, tag, NONE, 0)
+        self.queue(Sqe::flush(nsid), None, None, move |t| *t = tag, NONE, 0)
     }
 
     /// Writes zeroes to `blocks` blocks at `lba` (at most 65536), optionally deallocating them.
@@ -991,7 +1052,7 @@ impl<C: Copy + Default> QueuePair<C> {
             });
         }
         let sqe = Sqe::write_zeroes(ns.nsid, lba, (blocks - 1) as u16, deallocate);
-        self.queue(sqe, None, None, tag, NONE, 0)
+        self.queue(sqe, None, None, move |t| *t = tag, NONE, 0)
     }
 
     /// Deallocates (trims) up to 256 ranges of `(lba, blocks)` with Dataset Management. The range
@@ -1029,7 +1090,7 @@ impl<C: Copy + Default> QueuePair<C> {
             offset: 0,
             len: ranges.len() * 16,
         };
-        self.queue(sqe, Some(&d), None, tag, NONE, 0)
+        self.queue(sqe, Some(&d), None, move |t| *t = tag, NONE, 0)
     }
 
     /// Writes the SQ doorbell if commands were queued since the last one.
