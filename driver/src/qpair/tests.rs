@@ -52,7 +52,12 @@ fn pattern(buf: &DmaBuf, seed: u64) {
 }
 
 /// Polls until `n` completions arrived (calling `service` now and then), with a deadline.
-fn wait(qp: &mut QueuePair, ctrl: &Controller, n: usize, secs: u64) -> Vec<Completion> {
+fn wait<C: Copy + Default>(
+    qp: &mut QueuePair<C>,
+    ctrl: &Controller,
+    n: usize,
+    secs: u64,
+) -> Vec<Completion<C>> {
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut spins = 0u32;
@@ -877,4 +882,66 @@ fn chained_prp_lists_on_a_controller_without_mdts() {
         1 + 2,
         "split only at the NLB limit"
     );
+}
+
+/// A context wider than a register, as the multipath channel uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Ctx {
+    id: u64,
+    lba: u64,
+    note: u32,
+}
+
+#[test]
+fn a_context_comes_back_whole_through_splits_errors_and_removal() {
+    let r = rig();
+    let mut qp = r
+        .ctrl
+        .io_queue_pair_with::<Ctx>(QueueOptions::default())
+        .unwrap();
+    let mdts = 128 << 10;
+    let buf = r.pool.alloc(mdts * 2 + 4096, 4096).unwrap();
+    let ctx = |id: u64, lba: u64| Ctx {
+        id,
+        lba,
+        note: 0xfeed_0000 | id as u32,
+    };
+    // Written in place, written by value, and split above MDTS (three commands, one completion).
+    qp.write_with(&r.ns, 0, 8, &buf, 0, |c| *c = ctx(1, 0))
+        .unwrap();
+    qp.read(&r.ns, 0, 8, &buf, 0, ctx(2, 0)).unwrap();
+    let split_blocks = ((mdts * 2 + 4096) / 512) as u32;
+    qp.read_with(&r.ns, 64, split_blocks, &buf, 0, |c| *c = ctx(3, 64))
+        .unwrap();
+    // An error completion keeps its context too.
+    r.sim.controller(0).faults().fail_matching(
+        crate::sim::FaultMatch::io().opcode(NvmOpcode::FLUSH.0),
+        Status::new(sct::GENERIC, generic::INTERNAL_ERROR).with_dnr(true),
+        Some(1),
+    );
+    qp.flush(1, ctx(4, 0)).unwrap();
+    let mut got = wait(&mut qp, &r.ctrl, 4, 5);
+    got.sort_by_key(|c| c.tag.id);
+    let tags: Vec<Ctx> = got.iter().map(|c| c.tag).collect();
+    assert_eq!(tags, vec![ctx(1, 0), ctx(2, 0), ctx(3, 64), ctx(4, 0)]);
+    assert!(got[..3].iter().all(|c| c.outcome.is_success()));
+    assert!(!got[3].outcome.is_success(), "{:?}", got[3].outcome);
+    assert_eq!(r.sim.controller(0).stats().io(NvmOpcode::READ.0), 1 + 3);
+    // A command that does not fit is refused and its `init` never runs.
+    let mut called = false;
+    let e = qp.read_with(&r.ns, 0, 0, &buf, 0, |_| called = true);
+    assert!(matches!(e, Err(SubmitError::BadBuffer { .. })), "{e:?}");
+    assert!(!called);
+    // Commands failed by a removal come back with their contexts.
+    r.sim.controller(0).faults().drop_commands(5);
+    for i in 10..15 {
+        qp.read(&r.ns, i, 8, &buf, 0, ctx(i, i)).unwrap();
+    }
+    qp.ring();
+    r.sim.controller(0).faults().surprise_remove();
+    let mut got = wait(&mut qp, &r.ctrl, 5, 5);
+    got.sort_by_key(|c| c.tag.id);
+    assert!(got.iter().all(|c| c.outcome == Outcome::Removed));
+    let tags: Vec<Ctx> = got.iter().map(|c| c.tag).collect();
+    assert_eq!(tags, (10..15).map(|i| ctx(i, i)).collect::<Vec<_>>());
 }
