@@ -1,11 +1,13 @@
 //! The per-core channel of a multipath namespace.
 //!
 //! A [`Channel`] holds one queue pair per path and a slot per command it may have outstanding.
-//! Every in-flight command keeps what it needs to be rebuilt in its slot: its [`IoDesc`] (with
-//! its buffers, which the channel hands back anyway), or for a read or write on a registered
-//! buffer a compact record of lba, length and buffer index — so failover costs the common path
-//! nothing but that record. When a completion calls for failover or retry, the slot goes onto the
-//! bounded requeue ring; a later poll rebuilds the command on a usable path: new command id, the
+//! Every in-flight command keeps what it needs to be rebuilt. A read or write on a registered
+//! buffer keeps it all (lba, length, buffer index, tag) in the context it carries in its queue
+//! pair's own command-id record ([`vfnvme::Controller::io_queue_pair_with`]), so failover costs
+//! the common path nothing but those few words, and it takes a slot only when it first fails.
+//! Other commands keep their [`IoDesc`] (with its buffers, which the channel hands back anyway)
+//! or their passthrough dwords in a slot from the start. When a completion calls for failover or
+//! retry, the slot goes onto the bounded requeue ring; a later poll rebuilds the command on a usable path: new command id, the
 //! nsid of that path's namespace, PRPs and metadata pointer in that path's DMA domain. A command
 //! that keeps failing over gives up after the fast-fail time (ANATT during an ANA transition).
 //!
