@@ -11,12 +11,13 @@
 # Within a round the run that follows the previous round's QD 32 runs is faster at QD 1 (by
 # 10-15% in docs/benchmarks.md), so the order alternates: A first in odd rounds, B first in even
 # ones. Prints one line per run: "round qdN A|B IOPS". Run with RIG_BACKING=null for numbers
-# comparable with bench.sh.
+# comparable with bench.sh. Both variants run on the first NVMe function (`-r BDF`), or on
+# AB_BDF when set; EXTRA may add `-r OTHER --multipath ...`.
 set -u
 A=$1 B=$2 ROUNDS=${3:-3} SECS=${4:-6} XA=${5:-} XB=${6:-}
 "$RIG_DIR/guest-bind.sh" --hugepages 64 > /dev/null || { echo "bench-ab: guest-bind failed"; exit 1; }
-BDF=$(for d in /sys/bus/pci/devices/*; do
-    [ "$(cat "$d/class")" = 0x010802 ] && basename "$d"; done | head -1)
+BDF=${AB_BDF:-$(for d in /sys/bus/pci/devices/*; do
+    [ "$(cat "$d/class")" = 0x010802 ] && basename "$d"; done | head -1)}
 one() {   # one ROUND QD NAME BIN EXTRA
     v=$("$4" -r "$BDF" -q "$2" -a 1 -t "$SECS" --json $5 2> /dev/null |
         python3 -c "import json,sys; print(round(json.load(sys.stdin)['total']['iops']))" 2> /dev/null)
