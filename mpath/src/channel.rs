@@ -7,9 +7,10 @@
 //! the common path nothing but those few words, and it takes a slot only when it first fails.
 //! Other commands keep their [`IoDesc`] (with its buffers, which the channel hands back anyway)
 //! or their passthrough dwords in a slot from the start. When a completion calls for failover or
-//! retry, the slot goes onto the bounded requeue ring; a later poll rebuilds the command on a usable path: new command id, the
-//! nsid of that path's namespace, PRPs and metadata pointer in that path's DMA domain. A command
-//! that keeps failing over gives up after the fast-fail time (ANATT during an ANA transition).
+//! retry, the slot goes onto the bounded requeue ring; a later poll rebuilds the command on a
+//! usable path: new command id, the nsid of that path's namespace, PRPs and metadata pointer in
+//! that path's DMA domain. A command that keeps failing over gives up after the fast-fail time
+//! (ANATT during an ANA transition).
 //!
 //! The common case — a registered-buffer read or write submitted while the path view is current,
 //! and its successful completion — is inlined into the caller's loop; everything else is cold.
@@ -193,6 +194,18 @@ enum CmdKind {
     Owned,
 }
 
+impl CmdKind {
+    /// A read or write on a registered buffer.
+    #[inline(always)]
+    fn fixed_rw(write: bool) -> CmdKind {
+        if write {
+            CmdKind::FixedWrite
+        } else {
+            CmdKind::FixedRead
+        }
+    }
+}
+
 /// What a command carries with it in its queue pair's command-id table, and gets back in its
 /// completion: enough to rebuild it on another path. A read or write on a registered buffer is
 /// whole in these 32 bytes, so the channel keeps no table of its own for it: failover costs the
@@ -220,37 +233,42 @@ pub(crate) struct Cmd {
 const _: () = assert!(std::mem::size_of::<Cmd>() == 32);
 
 impl Cmd {
+    /// `blocks_buf` of `blocks` blocks on registered buffer `buf`.
+    #[inline(always)]
+    fn pack_blocks_buf(blocks: u32, buf: u32) -> u64 {
+        blocks as u64 | (buf as u64) << 32
+    }
+
+    /// `slot_kind` of a command of `kind` in `slot`.
+    #[inline(always)]
+    fn pack_slot_kind(slot: u32, kind: CmdKind, idempotent: bool) -> u64 {
+        slot as u64 | (kind as u64) << 32 | (idempotent as u64) << 40
+    }
+
     /// A command of `kind` with no slot yet.
     #[inline(always)]
     fn new(kind: CmdKind, idempotent: bool, tag: u64, lba: u64, blocks: u32, buf: u32) -> Cmd {
         Cmd {
             tag,
             lba,
-            blocks_buf: blocks as u64 | (buf as u64) << 32,
-            slot_kind: NO_SLOT as u64 | (kind as u64) << 32 | (idempotent as u64) << 40,
+            blocks_buf: Cmd::pack_blocks_buf(blocks, buf),
+            slot_kind: Cmd::pack_slot_kind(NO_SLOT, kind, idempotent),
         }
     }
 
-    /// A read or write on registered buffer `buf`.
+    /// A read or write on registered buffer `buf`, with no slot yet.
     fn fixed_rw(write: bool, lba: u64, blocks: u32, buf: u32, tag: u64) -> Cmd {
-        let mut c = Cmd::default();
-        c.set_fixed_rw(write, lba, blocks, buf, tag, NO_SLOT);
-        c
+        Cmd::new(CmdKind::fixed_rw(write), !write, tag, lba, blocks, buf)
     }
 
     /// Writes a read or write on registered buffer `buf`, kept in `slot`, over `self`, one
     /// whole word at a time (see [`Cmd`]).
     #[inline(always)]
     fn set_fixed_rw(&mut self, write: bool, lba: u64, blocks: u32, buf: u32, tag: u64, slot: u32) {
-        let kind = if write {
-            CmdKind::FixedWrite
-        } else {
-            CmdKind::FixedRead
-        };
         self.tag = tag;
         self.lba = lba;
-        self.blocks_buf = blocks as u64 | (buf as u64) << 32;
-        self.slot_kind = slot as u64 | (kind as u64) << 32 | (!write as u64) << 40;
+        self.blocks_buf = Cmd::pack_blocks_buf(blocks, buf);
+        self.slot_kind = Cmd::pack_slot_kind(slot, CmdKind::fixed_rw(write), !write);
     }
 
     /// Blocks (registered reads and writes).
@@ -498,7 +516,7 @@ impl Channel {
     fn refresh(&mut self) {
         self.generation = self.ns.generation();
         let mut inbox = self.inbox.lock().unwrap();
-        let arrived: Vec<_> = inbox.drain(..).collect();
+        let arrived = std::mem::take(&mut *inbox);
         let mut deferred = false;
         for (i, qp) in arrived {
             if i >= self.qps.len() {
@@ -642,8 +660,8 @@ impl Channel {
     #[inline(always)]
     fn send(&mut self, p: usize, cmd: &Cmd) -> Result<(), SubmitError> {
         match cmd.kind() {
-            CmdKind::FixedRead | CmdKind::FixedWrite => {
-                let write = cmd.kind() == CmdKind::FixedWrite;
+            kind @ (CmdKind::FixedRead | CmdKind::FixedWrite) => {
+                let write = kind == CmdKind::FixedWrite;
                 self.send_fixed_rw(
                     p,
                     write,
@@ -742,6 +760,16 @@ impl Channel {
         let cmd = cmd.with_slot(slot);
         self.entries[slot as usize] = Entry::new(cmd);
         cmd
+    }
+
+    /// `cmd` with a slot: its own, or a new one for a registered read or write that has none yet
+    /// (it gets one when it must wait or has failed).
+    fn slotted(&mut self, cmd: Cmd) -> Cmd {
+        if cmd.slot() == NO_SLOT {
+            self.take_slot(cmd)
+        } else {
+            cmd
+        }
     }
 
     /// Gives back the slot of a command that is done, if it had one.
@@ -903,11 +931,7 @@ impl Channel {
                     let Some(p) = self.pick_any() else {
                         if self.any_waiting() {
                             // Wait on the ring for a path to come back.
-                            let cmd = if cmd.slot() == NO_SLOT {
-                                self.take_slot(cmd)
-                            } else {
-                                cmd
-                            };
+                            let cmd = self.slotted(cmd);
                             let now = self.now_ns();
                             let wait = self.hold_ns();
                             let e = &mut self.entries[cmd.slot() as usize];
@@ -1060,11 +1084,7 @@ impl Channel {
             }
         }
         // A registered read or write gets its slot at its first failure.
-        let cmd = if cmd.slot() == NO_SLOT {
-            self.take_slot(cmd)
-        } else {
-            cmd
-        };
+        let cmd = self.slotted(cmd);
         let s = &mut self.entries[cmd.slot() as usize];
         s.path = p as u16;
         match d {

@@ -403,6 +403,12 @@ impl<C> Drop for QueuePair<C> {
 
 const SCAN_INTERVAL_NS: u64 = 1_000_000;
 
+/// The `init` of a command whose context is given by value: stores it.
+#[inline(always)]
+fn put<C>(tag: C) -> impl FnOnce(&mut C) {
+    move |t| *t = tag
+}
+
 impl<C: Copy + Default> QueuePair<C> {
     pub(crate) fn new(s: QueueSetup) -> QueuePair<C> {
         let slots = s.rings.size() as usize - 1;
@@ -531,15 +537,21 @@ impl<C: Copy + Default> QueuePair<C> {
         self.sync.set_acked(epoch);
     }
 
-    /// Checks a data range and returns its IOVA.
-    #[inline(always)]
-    fn data_iova(&self, d: &DataRef<'_>, opcode: u8) -> Result<u64, SubmitError> {
-        let bad = |why| SubmitError::BadBuffer {
+    /// A [`SubmitError::BadBuffer`] for `opcode` on this queue.
+    #[cold]
+    fn bad_buffer(&self, opcode: u8, why: &'static str) -> SubmitError {
+        SubmitError::BadBuffer {
             ctrl: self.shared.name.clone(),
             qid: self.qid(),
             opcode,
             why,
-        };
+        }
+    }
+
+    /// Checks a data range and returns its IOVA.
+    #[inline(always)]
+    fn data_iova(&self, d: &DataRef<'_>, opcode: u8) -> Result<u64, SubmitError> {
+        let bad = |why| self.bad_buffer(opcode, why);
         if d.len == 0 || d.offset.checked_add(d.len).is_none_or(|e| e > d.buf.len()) {
             return Err(bad("range outside the buffer"));
         }
@@ -672,12 +684,10 @@ impl<C: Copy + Default> QueuePair<C> {
             }
             _ => {
                 self.release_prps(head);
-                Err(SubmitError::BadBuffer {
-                    ctrl: self.shared.name.clone(),
-                    qid: self.qid(),
-                    opcode: sqe.opcode(),
-                    why: "PRP list page not mapped into this controller's DMA domain",
-                })
+                Err(self.bad_buffer(
+                    sqe.opcode(),
+                    "PRP list page not mapped into this controller's DMA domain",
+                ))
             }
         }
     }
@@ -751,12 +761,10 @@ impl<C: Copy + Default> QueuePair<C> {
     ) -> Result<(), SubmitError> {
         self.check_ready()?;
         if cmd.flags & 0xc0 != 0 {
-            return Err(SubmitError::BadBuffer {
-                ctrl: self.shared.name.clone(),
-                qid: self.qid(),
-                opcode: cmd.opcode,
-                why: "SGLs (PSDT != 0) are not supported; the driver builds PRPs",
-            });
+            return Err(self.bad_buffer(
+                cmd.opcode,
+                "SGLs (PSDT != 0) are not supported; the driver builds PRPs",
+            ));
         }
         if let Some(d) = &data {
             if d.len as u64 > self.mdts_bytes {
@@ -773,7 +781,7 @@ impl<C: Copy + Default> QueuePair<C> {
             cmd.to_sqe(),
             data.as_ref(),
             metadata.as_ref(),
-            move |t| *t = tag,
+            put(tag),
             NONE,
             cmd.timeout_ms,
         )
@@ -790,7 +798,7 @@ impl<C: Copy + Default> QueuePair<C> {
         tag: C,
     ) -> Result<(), SubmitError> {
         self.check_ready()?;
-        self.queue(sqe, data.as_ref(), None, move |t| *t = tag, NONE, 0)
+        self.queue(sqe, data.as_ref(), None, put(tag), NONE, 0)
     }
 
     /// Reads `blocks` logical blocks at `lba` into `buf` from byte `buf_offset`. Transfers above
@@ -808,15 +816,7 @@ impl<C: Copy + Default> QueuePair<C> {
         buf_offset: usize,
         tag: C,
     ) -> Result<(), SubmitError> {
-        self.rw(
-            NvmOpcode::READ.0,
-            ns,
-            lba,
-            blocks,
-            buf,
-            buf_offset,
-            move |t| *t = tag,
-        )
+        self.read_with(ns, lba, blocks, buf, buf_offset, put(tag))
     }
 
     /// [`QueuePair::read`] whose context `init` writes in place, in the queue pair's record of
@@ -852,15 +852,7 @@ impl<C: Copy + Default> QueuePair<C> {
         buf_offset: usize,
         tag: C,
     ) -> Result<(), SubmitError> {
-        self.rw(
-            NvmOpcode::WRITE.0,
-            ns,
-            lba,
-            blocks,
-            buf,
-            buf_offset,
-            move |t| *t = tag,
-        )
+        self.write_with(ns, lba, blocks, buf, buf_offset, put(tag))
     }
 
     /// [`QueuePair::write`] with its context written in place, as [`QueuePair::read_with`].
@@ -900,7 +892,7 @@ impl<C: Copy + Default> QueuePair<C> {
             blocks,
             buf,
             buf_offset,
-            move |t| *t = tag,
+            put(tag),
         )
     }
 
@@ -918,14 +910,8 @@ impl<C: Copy + Default> QueuePair<C> {
     ) -> Result<(), SubmitError> {
         self.check_ready()?;
         let len = (blocks as u64) << ns.lba_shift;
-        let bad = |why| SubmitError::BadBuffer {
-            ctrl: self.shared.name.clone(),
-            qid: self.qid(),
-            opcode,
-            why,
-        };
         if blocks == 0 {
-            return Err(bad("zero blocks"));
+            return Err(self.bad_buffer(opcode, "zero blocks"));
         }
         let max_blocks = (self.mdts_bytes >> ns.lba_shift).min(1 << 16);
         if blocks as u64 <= max_blocks {
@@ -959,19 +945,13 @@ impl<C: Copy + Default> QueuePair<C> {
         max_blocks: u64,
     ) -> Result<(), SubmitError> {
         let len = (blocks as u64) << ns.lba_shift;
-        let bad = |why| SubmitError::BadBuffer {
-            ctrl: self.shared.name.clone(),
-            qid: self.qid(),
-            opcode,
-            why,
-        };
         // Split: every piece must fit now, or nothing is queued.
         let pieces = (blocks as u64).div_ceil(max_blocks) as usize;
         if buf_offset
             .checked_add(len as usize)
             .is_none_or(|e| e > buf.len())
         {
-            return Err(bad("range outside the buffer"));
+            return Err(self.bad_buffer(opcode, "range outside the buffer"));
         }
         if self.cids.capacity() - self.cids.in_flight() < pieces
             || (self.rings.sq_free() as usize) < pieces
@@ -1002,7 +982,7 @@ impl<C: Copy + Default> QueuePair<C> {
                 offset: buf_offset + (done << ns.lba_shift) as usize,
                 len: (n << ns.lba_shift) as usize,
             };
-            if let Err(e) = self.queue(sqe, Some(&d), None, move |t| *t = tag, g, 0) {
+            if let Err(e) = self.queue(sqe, Some(&d), None, put(tag), g, 0) {
                 // Only a PRP-memory or mapping error can get here; the pieces already queued
                 // complete into the group, which reports this error for the whole transfer.
                 let grp = &mut self.groups[g as usize];
@@ -1027,7 +1007,7 @@ impl<C: Copy + Default> QueuePair<C> {
     /// [`SubmitError`].
     pub fn flush(&mut self, nsid: u32, tag: C) -> Result<(), SubmitError> {
         self.check_ready()?;
-        self.queue(Sqe::flush(nsid), None, None, move |t| *t = tag, NONE, 0)
+        self.queue(Sqe::flush(nsid), None, None, put(tag), NONE, 0)
     }
 
     /// Writes zeroes to `blocks` blocks at `lba` (at most 65536), optionally deallocating them.
@@ -1044,15 +1024,13 @@ impl<C: Copy + Default> QueuePair<C> {
     ) -> Result<(), SubmitError> {
         self.check_ready()?;
         if blocks == 0 || blocks > 1 << 16 {
-            return Err(SubmitError::BadBuffer {
-                ctrl: self.shared.name.clone(),
-                qid: self.qid(),
-                opcode: NvmOpcode::WRITE_ZEROES.0,
-                why: "write zeroes takes 1 to 65536 blocks",
-            });
+            return Err(self.bad_buffer(
+                NvmOpcode::WRITE_ZEROES.0,
+                "write zeroes takes 1 to 65536 blocks",
+            ));
         }
         let sqe = Sqe::write_zeroes(ns.nsid, lba, (blocks - 1) as u16, deallocate);
-        self.queue(sqe, None, None, move |t| *t = tag, NONE, 0)
+        self.queue(sqe, None, None, put(tag), NONE, 0)
     }
 
     /// Deallocates (trims) up to 256 ranges of `(lba, blocks)` with Dataset Management. The range
@@ -1071,12 +1049,10 @@ impl<C: Copy + Default> QueuePair<C> {
         self.check_ready()?;
         let opcode = NvmOpcode::DSM.0;
         if ranges.is_empty() || ranges.len() > 256 || ranges_buf.len() < ranges.len() * 16 {
-            return Err(SubmitError::BadBuffer {
-                ctrl: self.shared.name.clone(),
-                qid: self.qid(),
+            return Err(self.bad_buffer(
                 opcode,
-                why: "1 to 256 ranges, and a buffer of 16 bytes per range",
-            });
+                "1 to 256 ranges, and a buffer of 16 bytes per range",
+            ));
         }
         for (i, &(lba, blocks)) in ranges.iter().enumerate() {
             let mut e = [0u8; 16];
@@ -1090,7 +1066,7 @@ impl<C: Copy + Default> QueuePair<C> {
             offset: 0,
             len: ranges.len() * 16,
         };
-        self.queue(sqe, Some(&d), None, move |t| *t = tag, NONE, 0)
+        self.queue(sqe, Some(&d), None, put(tag), NONE, 0)
     }
 
     /// Writes the SQ doorbell if commands were queued since the last one.
