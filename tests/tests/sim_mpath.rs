@@ -879,18 +879,23 @@ fn a_path_handed_back_before_its_failed_commands_were_delivered_loses_none() {
         w.ns.path(0).status() == vfnvme_mpath::PathStatus::Optimized
     });
     let before = c0.stats().io(NvmOpcode::READ.0);
-    let mut got = 0;
+    let read = IoKind::Read {
+        lba: 64,
+        blocks: IO_BLOCKS,
+    };
+    let (mut got, mut pending) = (0, false);
     let start = Instant::now();
+    // One read at a time; every wait is under the same deadline.
     while got < 8 && start.elapsed() < Duration::from_secs(20) {
-        let read = IoKind::Read {
-            lba: 64,
-            blocks: IO_BLOCKS,
-        };
-        if ch.submit_fixed(read, 0, 99).is_ok() {
-            while ch.poll(8, |c| assert_eq!(c.result, Ok(0))) == 0 {}
+        if !pending {
+            pending = ch.submit_fixed(read, 0, 99).is_ok();
+        }
+        if pending && ch.poll(8, |c| assert_eq!(c.result, Ok(0))) > 0 {
+            pending = false;
             got += 1;
         }
     }
+    assert_eq!(got, 8, "reads after the path came back");
     assert!(c0.stats().io(NvmOpcode::READ.0) > before, "path 0 unused");
     drop(control);
 }
