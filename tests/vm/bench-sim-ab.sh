@@ -31,7 +31,7 @@ while [ "$r" -le "$ROUNDS" ]; do
     for v in A B; do
         bin=$A; [ "$v" = B ] && bin=$B
         iops=$(taskset -c 0 "$bin" -w randread -o 4k -t "$SECS" --json "$@" 2> /dev/null |
-            python3 -c "import json,sys; print(json.load(sys.stdin)['total']['iops'])") ||
+            python3 -c "import json,sys; print(json.load(sys.stdin)['total']['iops'])" 2> /dev/null) ||
             { echo "bench-sim-ab: $bin $* failed" >&2; exit 1; }
         echo "r$r $v $iops"
     done
@@ -43,7 +43,11 @@ for line in sys.stdin:
     print(line.rstrip())
     _, v, iops = line.split()
     runs[v].append(float(iops) / 1e6)
+# A failed run stops the loop above (in its own subshell): report it as a failure here too.
+want = int(sys.argv[1])
+if any(len(r) != want for r in runs.values()):
+    sys.exit("bench-sim-ab: %d of %d rounds completed" % (min(len(r) for r in runs.values()), want))
 for v in "AB":
     print("%s: median %.2fM IOPS, best %.2fM, %d runs" % (v, st.median(runs[v]), max(runs[v]), len(runs[v])))
 print("B/A: median %.3f, best %.3f" % (st.median(runs["B"]) / st.median(runs["A"]), max(runs["B"]) / max(runs["A"])))
-'
+' "$ROUNDS"
