@@ -318,6 +318,29 @@ impl Cmd {
 /// `Cmd::slot` of a command that has no slot.
 const NO_SLOT: u32 = u32::MAX;
 
+/// Queues a read or write of the first `blocks` blocks of registered buffer `buf` (`b`) on
+/// `qp`, the command written straight into the queue pair's record of it.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn issue_fixed_rw(
+    qp: &mut QueuePair<Cmd>,
+    info: &NsInfo,
+    b: &DmaBuf,
+    write: bool,
+    lba: u64,
+    blocks: u32,
+    buf: u32,
+    tag: u64,
+    slot: u32,
+) -> Result<(), SubmitError> {
+    let init = |c: &mut Cmd| c.set_fixed_rw(write, lba, blocks, buf, tag, slot);
+    if write {
+        qp.write_with(info, lba, blocks, b, 0, init)
+    } else {
+        qp.read_with(info, lba, blocks, b, 0, init)
+    }
+}
+
 /// What a slot keeps for a command: the command itself (with its slot), where it last failed,
 /// and its retry and failover state.
 #[derive(Clone, Copy)]
@@ -692,15 +715,18 @@ impl Channel {
         slot: u32,
     ) -> Result<(), SubmitError> {
         let qp = self.qps[p].as_mut().expect("picked path has a queue pair");
-        let info = &self.params[p].info;
         let b = &self.fixed_bufs[buf as usize];
-        // The command is written straight into the queue pair's record of it.
-        let init = |c: &mut Cmd| c.set_fixed_rw(write, lba, blocks, buf, tag, slot);
-        if write {
-            qp.write_with(info, lba, blocks, b, 0, init)
-        } else {
-            qp.read_with(info, lba, blocks, b, 0, init)
-        }
+        issue_fixed_rw(
+            qp,
+            &self.params[p].info,
+            b,
+            write,
+            lba,
+            blocks,
+            buf,
+            tag,
+            slot,
+        )
     }
 
     /// [`Channel::send`] for a command kept in a slot: a passthrough command or a descriptor
@@ -841,24 +867,31 @@ impl Channel {
         // path view current, room in the channel, and the picked path takes it. The command
         // needs no slot: all of it travels in its queue pair's command-id table.
         if let IoKind::Read { lba, blocks } | IoKind::Write { lba, blocks } = kind {
-            if self.generation == self.ns.generation()
-                && (buf as usize) < self.fixed_bufs.len()
-                && self.outstanding < self.entries.len()
-            {
+            if self.generation == self.ns.generation() && self.outstanding < self.entries.len() {
                 if let Some(p) = self.pick_any() {
-                    let write = matches!(kind, IoKind::Write { .. });
-                    return match self.send_fixed_rw(p, write, lba, blocks, buf, tag, NO_SLOT) {
-                        Ok(()) => {
-                            self.outstanding += 1;
-                            Ok(())
-                        }
-                        Err(e) => {
-                            let cmd = Cmd::fixed_rw(write, lba, blocks, buf, tag);
-                            self.start_slow(cmd, Some((p, e)))
-                        }
-                    };
+                    // The buffer is looked up once, here, after the pick (which may rebuild
+                    // the channel's view, so a length checked before it would be checked again).
+                    if let (Some(Some(qp)), Some(b)) =
+                        (self.qps.get_mut(p), self.fixed_bufs.get(buf as usize))
+                    {
+                        let write = matches!(kind, IoKind::Write { .. });
+                        let info = &self.params[p].info;
+                        return match issue_fixed_rw(
+                            qp, info, b, write, lba, blocks, buf, tag, NO_SLOT,
+                        ) {
+                            Ok(()) => {
+                                self.outstanding += 1;
+                                Ok(())
+                            }
+                            Err(e) => {
+                                let cmd = Cmd::fixed_rw(write, lba, blocks, buf, tag);
+                                self.start_slow(cmd, Some((p, e)))
+                            }
+                        };
+                    }
                 }
-                // No usable path now: the slow path parks it or refuses it.
+                // No usable path now, or a bad buffer index: the slow path parks the command,
+                // or refuses it.
             }
         }
         self.submit_fixed_slow(kind, buf, tag)

@@ -105,6 +105,11 @@ impl StateWord {
     pub fn epoch(self) -> u64 {
         self.0 >> 8
     }
+    /// True if the controller is live in `epoch`: one compare, for the submission path.
+    #[inline(always)]
+    pub fn is_live_in(self, epoch: u64) -> bool {
+        self.0 == (epoch << 8 | CtrlState::Live as u64)
+    }
 }
 
 /// Request from a queue pair to the control plane: a command timed out.

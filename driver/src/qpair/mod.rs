@@ -42,7 +42,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use vfnvme_hugepages::{DmaBuf, DmaPool, DomainId};
 
-use crate::ctrl::state::{CtrlShared, CtrlState, TimeoutReport};
+use crate::ctrl::state::{CtrlShared, CtrlState, StateWord, TimeoutReport};
 use crate::spec::status::{generic, sct};
 use crate::spec::{NvmOpcode, Sqe, Status};
 use cid::{CidFault, CidTable};
@@ -55,6 +55,8 @@ const NONE: u16 = u16::MAX;
 #[derive(Clone, Copy, Debug)]
 pub struct Tracker<C = u64> {
     tag: C,
+    /// The deadline (ns on [`crate::clock`]) once the timeout scan has seen the command; until
+    /// then its timeout, with [`UNSTAMPED`] set (see [`QueuePair::check_timeouts`]).
     deadline_ns: u64,
     prp_list: u16,
     group: u16,
@@ -403,6 +405,9 @@ impl<C> Drop for QueuePair<C> {
 
 const SCAN_INTERVAL_NS: u64 = 1_000_000;
 
+/// Set in `Tracker::deadline_ns` while it holds the command's timeout, not yet its deadline.
+const UNSTAMPED: u64 = 1 << 63;
+
 /// The `init` of a command whose context is given by value: stores it.
 #[inline(always)]
 fn put<C>(tag: C) -> impl FnOnce(&mut C) {
@@ -488,9 +493,21 @@ impl<C: Copy + Default> QueuePair<C> {
         self.now_ns = crate::clock::now_ns();
     }
 
+    /// Whether commands may be queued now: the controller live in this queue pair's epoch and
+    /// its queues re-created since the last reset. The common case is two compares.
     #[inline(always)]
     fn check_ready(&mut self) -> Result<(), SubmitError> {
         let w = self.shared.load();
+        if w.is_live_in(self.epoch) && self.sync.live() == self.epoch {
+            return Ok(());
+        }
+        self.check_ready_slow(w)
+    }
+
+    /// The rest of [`QueuePair::check_ready`]: catches up with a reset, or says why not ready.
+    #[cold]
+    #[inline(never)]
+    fn check_ready_slow(&mut self, w: StateWord) -> Result<(), SubmitError> {
         if w.epoch() != self.epoch {
             self.resync(w.epoch(), w.state());
         }
@@ -723,16 +740,16 @@ impl<C: Copy + Default> QueuePair<C> {
                 }
             }
         }
-        // Every deadline is stamped from a fresh reading (one TSC read): a reading kept from an
-        // earlier call could be arbitrarily old if the thread was preempted in between, and an
-        // early deadline means a spurious timeout, abort and controller reset.
-        self.refresh_clock();
+        // The command keeps its timeout; the first timeout scan after it was queued turns that
+        // into a deadline (`check_timeouts`). So no clock is read per command, and a deadline is
+        // never early: a clock reading kept from earlier could be arbitrarily old if the thread
+        // was preempted, and an early deadline means a spurious abort and controller reset.
         let timeout_ns = if timeout_ms == 0 {
             self.timeout_ns
         } else {
             timeout_ms as u64 * 1_000_000
         };
-        let deadline_ns = self.now_ns + timeout_ns;
+        let deadline_ns = UNSTAMPED | timeout_ns;
         // Written field by field in place: a context built elsewhere and copied in whole was
         // stored in pieces and loaded in wider ones (a store-forwarding stall per command).
         let (cid, t) = self.cids.alloc_in_place().expect("checked not full above");
@@ -743,8 +760,7 @@ impl<C: Copy + Default> QueuePair<C> {
         t.timed_out = false;
         init(&mut t.tag);
         sqe.set_cid(cid);
-        let pushed = self.rings.push(&sqe);
-        debug_assert!(pushed, "checked SQ space above");
+        self.rings.push_with_room(&sqe);
         Ok(())
     }
 
@@ -1194,6 +1210,9 @@ impl<C: Copy + Default> QueuePair<C> {
     /// past their deadline and reports them to the control plane (which aborts them, and resets
     /// the controller if that fails). Runs whether or not completions are flowing, so that one
     /// dropped command among busy ones is still found.
+    ///
+    /// A command queued since the last scan gets its deadline here, its timeout from now: later
+    /// than from its submission by at most the time between scans, and never earlier.
     #[cold]
     fn check_timeouts(&mut self) {
         self.refresh_clock();
@@ -1208,7 +1227,9 @@ impl<C: Copy + Default> QueuePair<C> {
                 continue;
             }
             let t = self.cids.get_mut(slot);
-            if !t.timed_out && t.deadline_ns <= now {
+            if t.deadline_ns & UNSTAMPED != 0 {
+                t.deadline_ns = now.saturating_add(t.deadline_ns & !UNSTAMPED);
+            } else if !t.timed_out && t.deadline_ns <= now {
                 t.timed_out = true;
                 expired.push(slot);
             }

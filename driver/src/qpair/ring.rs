@@ -171,13 +171,22 @@ impl Rings {
         if self.sq_free() == 0 {
             return false;
         }
+        self.push_with_room(sqe);
+        true
+    }
+
+    /// [`Rings::push`] for a caller that has checked [`Rings::sq_free`] already (the queue pair
+    /// does, before it takes a command id), without checking again: a push on a full SQ would
+    /// overwrite an entry the device has not fetched yet.
+    #[inline(always)]
+    pub fn push_with_room(&mut self, sqe: &Sqe) {
+        debug_assert!(self.sq_free() > 0, "push on a full SQ");
         self.sq
             .write(self.sq_tail as usize * SQE_SIZE, sqe.as_bytes());
         self.sq_tail += 1;
         if self.sq_tail == self.size {
             self.sq_tail = 0;
         }
-        true
     }
 
     /// True if entries were pushed since the last doorbell.

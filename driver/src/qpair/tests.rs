@@ -395,6 +395,37 @@ fn dropped_command_times_out_then_abort_then_reset() {
     assert!(wait(&mut qp, &r.ctrl, 1, 5)[0].outcome.is_success());
 }
 
+#[test]
+fn a_timeout_counts_from_submission_never_from_an_older_reading() {
+    // Arrange: the queue pair has been used, then left alone for longer than the timeout, so
+    // any clock reading it kept from its last poll is already past the deadline of a command
+    // queued now.
+    let r = rig();
+    let mut qp = r
+        .ctrl
+        .io_queue_pair(QueueOptions {
+            size: 32,
+            timeout_ms: 50,
+        })
+        .unwrap();
+    let buf = r.pool.alloc(4096, 4096).unwrap();
+    qp.read(&r.ns, 0, 8, &buf, 0, 1).unwrap();
+    assert!(wait(&mut qp, &r.ctrl, 1, 5)[0].outcome.is_success());
+    std::thread::sleep(Duration::from_millis(120));
+    // Act: a read the device never completes.
+    r.sim.controller(0).faults().drop_commands(1);
+    let queued = Instant::now();
+    qp.read(&r.ns, 0, 8, &buf, 0, 2).unwrap();
+    let c = wait(&mut qp, &r.ctrl, 1, 10);
+    // Assert: it timed out, and not before its 50 ms had passed since it was queued.
+    assert_eq!((c[0].tag, c[0].outcome), (2, Outcome::TimedOut));
+    assert!(
+        queued.elapsed() >= Duration::from_millis(50),
+        "timed out {:?} after submission, before its 50 ms timeout",
+        queued.elapsed()
+    );
+}
+
 use crate::spec::AdminOpcode;
 
 #[test]
