@@ -209,8 +209,8 @@ struct Inner {
     shadow: Option<Arc<ShadowPages>>,
     on_event: Mutex<Option<EventHandler>>,
     events: Mutex<Vec<AsyncEvent>>,
-    /// Queue ids of dropped queue pairs, waiting for `service` to delete them.
-    released: Arc<Mutex<Vec<u16>>>,
+    /// Dropped queue pairs, waiting for `service` to delete their queues.
+    released: crate::qpair::ReleaseList,
     /// Queues re-created after resets (see `create_pending_queues`).
     queues_recreated: std::sync::atomic::AtomicU64,
 }
@@ -440,6 +440,8 @@ impl Controller {
     fn bring_up(&self, first: bool) -> Result<(), Error> {
         let f = self.inner.func.clone();
         let name = self.name().clone();
+        // Off if a failure could not disable the controller (`mark_failed`).
+        f.set_bus_master(true)?;
         self.disable()?;
         let mut admin = self.inner.admin.lock().unwrap();
         admin.reset();
@@ -948,18 +950,34 @@ impl Controller {
 
     /// Deletes the device queues of dropped queue pairs (SQ first, then CQ).
     fn delete_dropped_queues(&self) {
-        let dropped: Vec<u16> = std::mem::take(&mut *self.inner.released.lock().unwrap());
+        let dropped = std::mem::take(&mut *self.inner.released.lock().unwrap());
         if dropped.is_empty() {
             return;
         }
         let on_device = self.device_qids();
-        for qid in dropped {
+        let mut rest = dropped.into_iter();
+        while let Some(d) = rest.next() {
+            let qid = d.qid;
             if on_device.contains(&qid) && self.state() == CtrlState::Live {
-                if let Err(e) = self.delete_device_queue(qid) {
-                    log::warn!("{}: deleting queue {qid}: {e}", self.name());
+                match self.delete_device_queue(qid) {
+                    // Refused with a status: the device answered, and does not run the queue.
+                    Ok(()) | Err(Error::Admin { .. }) => {}
+                    Err(e) => {
+                        // No answer: the device may still use the queues. Keep their memory
+                        // and reset the controller (which drops every queue in the device);
+                        // the next step frees it.
+                        log::warn!("{}: deleting queue {qid}: {e}; resetting", self.name());
+                        let mut released = self.inner.released.lock().unwrap();
+                        released.push(d);
+                        released.extend(rest);
+                        drop(released);
+                        let _ = self.reset();
+                        return;
+                    }
                 }
             }
-            // Memory is freed only now, after the device let go of it.
+            // Memory is freed only now, after the device let go of it: the queues and the
+            // PRP list pages of what was in flight (dropped with `d`).
             self.inner
                 .queues
                 .lock()
@@ -1044,10 +1062,26 @@ impl Controller {
     /// new commands), bus mastering off while config space still answers, then the function is
     /// released so the platform can finish the removal. Nothing touches the BAR afterwards except
     /// all-ones reads and ignored writes.
+    ///
+    /// Bus mastering goes off before the new epoch: on an orderly removal request the device is
+    /// still alive, and a command failed back (and perhaps resent elsewhere at once) must not
+    /// have its data moved afterwards.
     fn mark_removed(&self) {
-        self.inner.shared.transition(CtrlState::Removed, true);
         let _ = self.inner.func.set_bus_master(false);
+        self.inner.shared.transition(CtrlState::Removed, true);
         self.inner.func.release();
+    }
+
+    /// Declares the controller gone for good, as a removal would: bus mastering off, a new epoch
+    /// in the [`CtrlState::Removed`] state (its queue pairs fail what they had in flight with
+    /// [`crate::Outcome::Removed`] and refuse new commands), the function released. For a
+    /// controller that the application replaces (a port re-attached as a new `Controller`), so
+    /// that what was in flight on the old one completes, whether or not anything still services
+    /// it. Does nothing to a controller already removed.
+    pub fn retire(&self) {
+        if self.state() != CtrlState::Removed {
+            self.mark_removed();
+        }
     }
 
     /// Resets the controller: disable (the device drops every queue; no Delete commands are
@@ -1086,12 +1120,22 @@ impl Controller {
 
     /// After a failed bring-up or reset: a device that is gone is released (so that a removal
     /// can complete); anything else leaves the controller failed, for the control plane to retry.
+    ///
+    /// The new epoch fails back every command in flight, so the device is stopped first: a
+    /// controller that failed to re-create one queue pair's queues still runs the others', and
+    /// a command failed back while the device still runs it could move data into or out of a
+    /// buffer its owner has reused. If it will not disable, bus mastering goes off (no DMA at
+    /// all; the next bring-up turns it on again).
     fn mark_failed(&self, e: &Error) {
         if matches!(e, Error::DeviceGone { .. }) {
             self.mark_removed();
-        } else {
-            self.inner.shared.transition(CtrlState::Failed, true);
+            return;
         }
+        if let Err(d) = self.disable() {
+            log::warn!("{}: will not disable ({d}); bus mastering off", self.name());
+            let _ = self.inner.func.set_bus_master(false);
+        }
+        self.inner.shared.transition(CtrlState::Failed, true);
     }
 
     /// Detaches a set of controllers that share `pool` (the end of a tool's or an application's

@@ -363,8 +363,8 @@ pub(crate) struct QueueSetup {
     pub mdts_bytes: u64,
     pub epoch: u64,
     pub opts: QueueOptions,
-    /// Where the queue id goes when the queue pair is dropped (the control plane deletes it).
-    pub release: Arc<std::sync::Mutex<Vec<u16>>>,
+    /// Where the queue pair goes when it is dropped (the control plane deletes its queues).
+    pub release: ReleaseList,
     /// Reset handshake with the control plane.
     pub sync: Arc<QueueSync>,
 }
@@ -389,17 +389,35 @@ pub struct QueuePair<C = u64> {
     next_scan_ns: u64,
     /// Commands completed by a reset or removal, delivered by the next poll.
     failed: Vec<Completion<C>>,
-    release: Arc<std::sync::Mutex<Vec<u16>>>,
+    release: ReleaseList,
     sync: Arc<QueueSync>,
     _not_sync: std::marker::PhantomData<std::cell::Cell<()>>,
 }
 
+/// What a dropped queue pair leaves for the control plane, which deletes its queues in the
+/// device and only then frees their memory.
+pub(crate) struct Dropped {
+    /// The queue id.
+    pub qid: u16,
+    /// The PRP list pages: a command still in flight may have the device read one. Held only
+    /// to be dropped after the queues are deleted.
+    #[allow(dead_code)]
+    pub prp_pages: Vec<DmaBuf>,
+}
+
+/// Dropped queue pairs, waiting for the control plane.
+pub(crate) type ReleaseList = Arc<std::sync::Mutex<Vec<Dropped>>>;
+
 impl<C> Drop for QueuePair<C> {
     fn drop(&mut self) {
+        let dropped = Dropped {
+            qid: self.rings.qid(),
+            prp_pages: std::mem::take(&mut self.prp_pages),
+        };
         self.release
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(self.rings.qid());
+            .push(dropped);
     }
 }
 
@@ -471,6 +489,14 @@ impl<C: Copy + Default> QueuePair<C> {
         self.cids.in_flight() == 0
             && self.failed.is_empty()
             && self.shared.load().epoch() == self.epoch
+    }
+
+    /// True if a command could be queued now: the controller is live and this queue pair's
+    /// queues are in it (re-created since the last reset, which this queue pair has caught up
+    /// with). A queue pair that has not yet seen a reset says false.
+    #[inline]
+    pub fn is_ready(&self) -> bool {
+        self.shared.load().is_live_in(self.epoch) && self.sync.live() == self.epoch
     }
 
     /// Most commands the queue can hold at once.

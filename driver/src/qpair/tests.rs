@@ -7,7 +7,7 @@ use vfnvme_hugepages::{DmaBuf, DmaPool, PagePolicy};
 
 use super::*;
 use crate::ctrl::{Controller, ControllerOptions};
-use crate::sim::{NsConfig, SimBuilder, SimSubsystem};
+use crate::sim::{FaultMatch, NsConfig, SimBuilder, SimSubsystem};
 use crate::spec::status::{generic, path};
 
 struct Rig {
@@ -443,7 +443,7 @@ fn one_dropped_command_among_busy_ones_still_times_out() {
     r.sim
         .controller(0)
         .faults()
-        .drop_matching(crate::sim::FaultMatch::io().lbas(4000..4001), Some(1));
+        .drop_matching(FaultMatch::io().lbas(4000..4001), Some(1));
     const LOST: u64 = u64::MAX;
     qp.read(&r.ns, 4000, 8, &buf, 0, LOST).unwrap();
     // Act: keep the queue busy until the dropped read comes back.
@@ -500,6 +500,94 @@ fn controller_fatal_status_leads_to_reset_and_recovery() {
     until_ready(&r.ctrl, || qp.read(&r.ns, 10, 8, &rb, 0, 3));
     assert!(wait(&mut qp, &r.ctrl, 1, 5)[0].outcome.is_success());
     assert!(buf.equal(0, &rb, 0, 4096), "data survived the reset");
+}
+
+#[test]
+fn a_controller_that_fails_after_a_reset_is_stopped_before_its_commands_are_failed_back() {
+    // Arrange: after a reset, queue pair A's queues are re-created and it has a read in flight
+    // (the device holds its completion); then re-creating B's queues fails.
+    let r = rig();
+    let mut a = r.ctrl.io_queue_pair(QueueOptions::default()).unwrap();
+    let mut b = r.ctrl.io_queue_pair(QueueOptions::default()).unwrap();
+    let buf = r.pool.alloc(4096, 4096).unwrap();
+    let dev = r.sim.controller(0);
+    dev.faults().set_cfs();
+    assert_eq!(r.ctrl.service(), CtrlState::Live);
+    dev.faults()
+        .delay_matching(FaultMatch::io(), Duration::from_secs(30), Some(1));
+    until_ready(&r.ctrl, || a.read(&r.ns, 0, 8, &buf, 0, 1));
+    a.ring();
+    dev.faults().fail_matching(
+        FaultMatch::admin().opcode(AdminOpcode::CREATE_IO_CQ.0),
+        Status::new(sct::GENERIC, generic::INTERNAL_ERROR),
+        Some(1),
+    );
+    assert!(b.poll(8, |_| panic!("nothing in flight on B")).is_ok());
+    // Act: the control plane tries B's queues, and fails the controller.
+    assert_eq!(r.ctrl.service(), CtrlState::Failed);
+    let c = wait(&mut a, &r.ctrl, 1, 5);
+    // Assert: A's read is failed back, and by then the device can no longer run it.
+    assert_eq!((c[0].tag, c[0].outcome), (1, Outcome::Reset));
+    assert!(
+        !dev.is_enabled(),
+        "a command was failed back while the controller that holds it still runs"
+    );
+    // The control plane's next reset brings the controller back.
+    r.ctrl.reset().expect("reset after the failure");
+    until_ready(&r.ctrl, || a.read(&r.ns, 0, 8, &buf, 0, 2));
+    assert!(wait(&mut a, &r.ctrl, 1, 5)[0].outcome.is_success());
+}
+
+#[test]
+fn a_retired_controller_fails_back_what_it_held_and_refuses_more() {
+    // Arrange: a read the device holds, on a controller that nothing services any more.
+    let r = rig();
+    let mut qp = r.ctrl.io_queue_pair(QueueOptions::default()).unwrap();
+    let buf = r.pool.alloc(4096, 4096).unwrap();
+    r.sim.controller(0).faults().drop_commands(1);
+    qp.read(&r.ns, 0, 8, &buf, 0, 7).unwrap();
+    qp.ring();
+    // Act.
+    r.ctrl.retire();
+    r.ctrl.retire(); // a second call changes nothing
+                     // Assert: the read completes as removed without the control plane, and nothing more is taken.
+    let mut got = Vec::new();
+    qp.poll(8, |c| got.push((c.tag, c.outcome))).unwrap();
+    assert_eq!(got, vec![(7, Outcome::Removed)]);
+    assert!(!qp.is_ready());
+    assert!(matches!(
+        qp.read(&r.ns, 0, 8, &buf, 0, 8),
+        Err(SubmitError::DeviceGone { .. })
+    ));
+    assert_eq!(r.ctrl.state(), CtrlState::Removed);
+}
+
+#[test]
+fn a_dropped_queue_pair_keeps_its_prp_lists_until_its_queues_are_deleted() {
+    // Arrange: a read that needs a PRP list (16 KiB from an offset into the buffer), which the
+    // device never completes.
+    let r = rig();
+    let mut qp = r.ctrl.io_queue_pair(QueueOptions::default()).unwrap();
+    let buf = r.pool.alloc(32 << 10, 4096).unwrap();
+    r.sim.controller(0).faults().drop_commands(1);
+    qp.read(&r.ns, 0, 32, &buf, 512, 1).unwrap();
+    // PRP2 of the first SQE (bytes 32..40): the list page the device reads.
+    let list = qp.rings.sq_mem().load_u64(32);
+    qp.ring();
+    let dom = r.ctrl.domain();
+    // Act: the queue pair goes away with the read still in the device.
+    drop(qp);
+    let pages: Vec<DmaBuf> = (0..64).map(|_| r.pool.alloc(4096, 4096).unwrap()).collect();
+    // Assert: the list page is not handed out again while the device may read it.
+    assert!(
+        pages.iter().all(|p| p.iova(dom, 0).unwrap().0 != list),
+        "the PRP list of a command in flight was reused before its queue was deleted"
+    );
+    // Once the control plane has deleted the queues it is free again.
+    drop(pages);
+    r.ctrl.service();
+    let again: Vec<DmaBuf> = (0..64).map(|_| r.pool.alloc(4096, 4096).unwrap()).collect();
+    assert!(again.iter().any(|p| p.iova(dom, 0).unwrap().0 == list));
 }
 
 #[test]
