@@ -594,6 +594,22 @@ impl Controller {
                 log::warn!("{name}: namespace {nsid} has an unusable LBA format; skipped");
                 continue;
             }
+            if idns.metadata_size() != 0 {
+                // Reads and writes move data only: on such a format the device would transfer
+                // metadata too (interleaved past the data PRPs, or to a metadata pointer of 0).
+                log::warn!(
+                    "{name}: namespace {nsid} is formatted with {} bytes of {} metadata per \
+                     block, which vfnvme's reads and writes do not transfer; skipped (raw \
+                     commands on a queue pair still reach it)",
+                    idns.metadata_size(),
+                    if idns.extended_metadata() {
+                        "interleaved"
+                    } else {
+                        "separate"
+                    }
+                );
+                continue;
+            }
             buf.fill(0, 4096, 0);
             let ids = match self.admin_data(Sqe::identify(cns::NS_DESCRIPTORS, nsid, 0), Some(buf))
             {
@@ -1032,16 +1048,28 @@ impl Controller {
         let reports: Vec<state::TimeoutReport> =
             std::mem::take(&mut *self.inner.shared.timeouts.lock().unwrap());
         for r in reports {
-            match self.abort(r.qid, r.cid) {
-                Ok(true) => {
-                    log::warn!("{}: aborted qid {} cid {:#06x}", self.name(), r.qid, r.cid)
-                }
-                Ok(false) | Err(_) => {
+            let (qid, cid) = (r.qid, r.cid);
+            if r.escalate {
+                log::warn!(
+                    "{}: qid {qid} cid {cid:#06x} still outstanding after its abort; resetting \
+                     the controller",
+                    self.name()
+                );
+                let _ = self.reset();
+                return self.state();
+            }
+            match self.abort(qid, cid) {
+                Ok(true) => log::warn!("{}: aborted qid {qid} cid {cid:#06x}", self.name()),
+                // Not found, or too far along: it may still complete. A second timeout resets.
+                Ok(false) => log::warn!(
+                    "{}: qid {qid} cid {cid:#06x} not aborted; waiting one more timeout",
+                    self.name()
+                ),
+                Err(e) => {
                     log::warn!(
-                        "{}: abort of qid {} cid {:#06x} failed; resetting the controller",
-                        self.name(),
-                        r.qid,
-                        r.cid
+                        "{}: abort of qid {qid} cid {cid:#06x} failed ({e}); resetting the \
+                         controller",
+                        self.name()
                     );
                     let _ = self.reset();
                     return self.state();

@@ -119,6 +119,8 @@ pub struct TimeoutReport {
     pub qid: u16,
     /// Command id.
     pub cid: u16,
+    /// It has been reported once and an abort did not end it: reset the controller.
+    pub escalate: bool,
 }
 
 /// What the control plane and the queue pairs of one controller share.

@@ -426,6 +426,20 @@ const SCAN_INTERVAL_NS: u64 = 1_000_000;
 /// Set in `Tracker::deadline_ns` while it holds the command's timeout, not yet its deadline.
 const UNSTAMPED: u64 = 1 << 63;
 
+/// How a command that timed out ended, when the device completed it after all: `TimedOut` if
+/// the abort sent for it took effect, else what the device said (it was slow, not lost; calling
+/// it timed out would have a caller resend a command that ran).
+#[cold]
+fn timed_out_outcome(status: Status) -> Outcome {
+    if status.sct() == crate::spec::status::sct::GENERIC
+        && status.sc() == crate::spec::status::generic::ABORT_REQUESTED
+    {
+        Outcome::TimedOut
+    } else {
+        Outcome::Status(status)
+    }
+}
+
 /// The `init` of a command whose context is given by value: stores it.
 #[inline(always)]
 fn put<C>(tag: C) -> impl FnOnce(&mut C) {
@@ -987,6 +1001,16 @@ impl<C: Copy + Default> QueuePair<C> {
         max_blocks: u64,
     ) -> Result<(), SubmitError> {
         let len = (blocks as u64) << ns.lba_shift;
+        if max_blocks == 0 {
+            // One block is larger than the controller takes in one command.
+            return Err(SubmitError::TooLarge {
+                ctrl: self.shared.name.clone(),
+                qid: self.qid(),
+                opcode,
+                len: len as usize,
+                mdts: self.mdts_bytes,
+            });
+        }
         // Split: every piece must fit now, or nothing is queued.
         let pieces = (blocks as u64).div_ceil(max_blocks) as usize;
         if buf_offset
@@ -994,6 +1018,13 @@ impl<C: Copy + Default> QueuePair<C> {
             .is_none_or(|e| e > buf.len())
         {
             return Err(self.bad_buffer(opcode, "range outside the buffer"));
+        }
+        if pieces > self.cids.capacity() {
+            // Would never fit: `QueueFull` would have the caller poll and retry for ever.
+            return Err(self.bad_buffer(
+                opcode,
+                "split at MDTS, the transfer needs more commands than the queue holds",
+            ));
         }
         if self.cids.capacity() - self.cids.in_flight() < pieces
             || (self.rings.sq_free() as usize) < pieces
@@ -1164,7 +1195,7 @@ impl<C: Copy + Default> QueuePair<C> {
             let t = self.cids.free(slot);
             self.release_prps(t.prp_list);
             let outcome = if t.timed_out {
-                Outcome::TimedOut
+                timed_out_outcome(cqe.status())
             } else {
                 Outcome::Status(cqe.status())
             };
@@ -1239,6 +1270,10 @@ impl<C: Copy + Default> QueuePair<C> {
     ///
     /// A command queued since the last scan gets its deadline here, its timeout from now: later
     /// than from its submission by at most the time between scans, and never earlier.
+    ///
+    /// Two stages, as Linux does: at its deadline a command is reported for an abort and given
+    /// one more timeout (the abort may find it merely slow, and it may still complete, with its
+    /// own status); if it is still in flight after that, it is reported for a controller reset.
     #[cold]
     fn check_timeouts(&mut self) {
         self.refresh_clock();
@@ -1247,32 +1282,61 @@ impl<C: Copy + Default> QueuePair<C> {
         }
         self.next_scan_ns = self.now_ns + SCAN_INTERVAL_NS;
         let now = self.now_ns;
+        let qid = self.qid();
+        let grace = self.timeout_ns;
         let mut expired = Vec::new();
+        // Abort requests the control plane has not taken yet.
+        let waiting: Vec<u16> = self
+            .shared
+            .timeouts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|r| r.qid == qid && !r.escalate)
+            .map(|r| r.cid)
+            .collect();
         for slot in 0..self.cids.capacity() {
             if !self.cids.is_busy(slot) {
                 continue;
             }
+            let cid = self.cids.cid_of(slot);
             let t = self.cids.get_mut(slot);
             if t.deadline_ns & UNSTAMPED != 0 {
                 t.deadline_ns = now.saturating_add(t.deadline_ns & !UNSTAMPED);
-            } else if !t.timed_out && t.deadline_ns <= now {
+            } else if t.deadline_ns <= now {
+                // First: abort, and one more timeout from when the control plane took the
+                // request. Then: reset, and no more reports.
+                let escalate = t.timed_out;
+                if escalate && waiting.contains(&cid) {
+                    t.deadline_ns = now.saturating_add(grace);
+                    continue;
+                }
                 t.timed_out = true;
-                expired.push(slot);
+                t.deadline_ns = if escalate {
+                    u64::MAX
+                } else {
+                    now.saturating_add(grace)
+                };
+                expired.push((slot, escalate));
             }
         }
         if expired.is_empty() {
             return;
         }
-        let qid = self.qid();
         let reports: Vec<TimeoutReport> = expired
             .into_iter()
-            .map(|slot| {
+            .map(|(slot, escalate)| {
                 let cid = self.cids.cid_of(slot);
                 log::warn!(
-                    "{} qid {qid} cid {cid:#06x}: command timed out, asking for abort",
-                    self.shared.name
+                    "{} qid {qid} cid {cid:#06x}: command timed out, asking for {}",
+                    self.shared.name,
+                    if escalate {
+                        "a controller reset (an abort did not end it)"
+                    } else {
+                        "an abort"
+                    }
                 );
-                TimeoutReport { qid, cid }
+                TimeoutReport { qid, cid, escalate }
             })
             .collect();
         self.shared

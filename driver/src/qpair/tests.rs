@@ -163,6 +163,73 @@ fn data_integrity_across_prp_shapes() {
 }
 
 #[test]
+fn transfers_that_can_never_be_queued_are_refused_not_left_to_retry() {
+    // A split needing more commands than the queue holds (MDTS 128 KiB, 7 slots, 1 MiB): not
+    // `QueueFull`, which tells the caller to poll and retry, for ever on an idle queue.
+    let r = rig();
+    let mut qp = r
+        .ctrl
+        .io_queue_pair(QueueOptions {
+            size: 8,
+            timeout_ms: 1000,
+        })
+        .unwrap();
+    let big = r.pool.alloc(1 << 20, 4096).unwrap();
+    let e = qp.read(&r.ns, 0, (1 << 20) / 512, &big, 0, 1).unwrap_err();
+    assert!(matches!(e, SubmitError::BadBuffer { .. }), "{e}");
+    assert!(
+        e.to_string().contains("more commands than the queue holds"),
+        "{e}"
+    );
+    assert!(qp.is_idle(), "nothing was queued");
+    // Seven pieces do fit.
+    qp.read(&r.ns, 0, (7 * (128 << 10)) / 512, &big, 0, 2)
+        .unwrap();
+    assert!(wait(&mut qp, &r.ctrl, 1, 5)[0].outcome.is_success());
+    // A block larger than MDTS (a 16 KiB-block namespace on an 8 KiB-MDTS controller) cannot be
+    // split at all: refused, not a division by zero.
+    let r = rig_with(
+        SimSubsystem::builder()
+            .controllers(1)
+            .mdts(1)
+            .namespace(NsConfig::ram(1, 8 << 20)),
+    );
+    let mut qp = r.ctrl.io_queue_pair(QueueOptions::default()).unwrap();
+    let ns = NsInfo {
+        lba_shift: 14,
+        ..r.ns
+    };
+    let buf = r.pool.alloc(16 << 10, 4096).unwrap();
+    let e = qp.read(&ns, 0, 1, &buf, 0, 1).unwrap_err();
+    assert!(matches!(e, SubmitError::TooLarge { .. }), "{e}");
+}
+
+#[test]
+fn a_namespace_formatted_with_metadata_is_not_offered_for_reads_and_writes() {
+    // Namespace 2 carries 8 bytes of metadata per block, which reads and writes would not
+    // transfer (the device would write it to a metadata pointer of 0).
+    let r = rig_with(
+        SimSubsystem::builder()
+            .controllers(1)
+            .namespace(NsConfig::ram(1, 8 << 20))
+            .namespace(NsConfig {
+                metadata_size: 8,
+                ..NsConfig::ram(2, 8 << 20)
+            }),
+    );
+    assert!(r.ctrl.namespace(1).is_some());
+    assert!(r.ctrl.namespace(2).is_none(), "offered a metadata format");
+    assert_eq!(
+        r.ctrl
+            .namespaces()
+            .iter()
+            .map(|n| n.info.nsid)
+            .collect::<Vec<_>>(),
+        vec![1]
+    );
+}
+
+#[test]
 fn passthrough_above_mdts_is_refused_and_bad_buffers_too() {
     let r = rig();
     let mut qp = r.ctrl.io_queue_pair(QueueOptions::default()).unwrap();
@@ -424,6 +491,47 @@ fn a_timeout_counts_from_submission_never_from_an_older_reading() {
         "timed out {:?} after submission, before its 50 ms timeout",
         queued.elapsed()
     );
+}
+
+#[test]
+fn a_slow_command_that_completes_after_its_timeout_keeps_its_status_and_costs_no_reset() {
+    // Arrange: a write the device completes after 150 ms, on a queue with a 50 ms timeout.
+    let r = rig();
+    let mut qp = r
+        .ctrl
+        .io_queue_pair(QueueOptions {
+            size: 32,
+            timeout_ms: 50,
+        })
+        .unwrap();
+    let buf = r.pool.alloc(4096, 4096).unwrap();
+    r.sim.controller(0).faults().delay_matching(
+        FaultMatch::io(),
+        Duration::from_millis(150),
+        Some(1),
+    );
+    let epoch = r.ctrl.shared().load().epoch();
+    qp.write(&r.ns, 0, 8, &buf, 0, 1).unwrap();
+    // Act: poll until it completes, with no control-plane step in between (its timeout is
+    // reported, but no abort has gone out yet); then the control plane runs.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got = Vec::new();
+    while got.is_empty() {
+        qp.poll(8, |c| got.push((c.tag, c.outcome))).unwrap();
+        assert!(Instant::now() < deadline, "the write never completed");
+    }
+    r.ctrl.service();
+    // Assert: it completed as the device said (it ran: calling it timed out would have it
+    // resent), and the abort that found nothing did not reset a healthy controller.
+    assert_eq!(got, vec![(1, Outcome::Status(Status::SUCCESS))]);
+    assert_eq!(
+        r.ctrl.shared().load().epoch(),
+        epoch,
+        "the controller was reset"
+    );
+    assert_eq!(r.ctrl.state(), CtrlState::Live);
+    qp.read(&r.ns, 0, 8, &buf, 0, 2).unwrap();
+    assert!(wait(&mut qp, &r.ctrl, 1, 5)[0].outcome.is_success());
 }
 
 use crate::spec::AdminOpcode;

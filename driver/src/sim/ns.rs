@@ -35,6 +35,9 @@ pub struct NsConfig {
     pub lba_size: u32,
     /// Data store.
     pub backing: Backing,
+    /// Metadata bytes per block in the reported format (separate buffer, FLBAS bit 4 clear).
+    /// Only reported in Identify Namespace: the simulator moves no metadata.
+    pub metadata_size: u16,
 }
 
 impl NsConfig {
@@ -45,6 +48,7 @@ impl NsConfig {
             size_bytes,
             lba_size: 512,
             backing: Backing::Ram,
+            metadata_size: 0,
         }
     }
 
@@ -55,6 +59,7 @@ impl NsConfig {
             size_bytes,
             lba_size: 4096,
             backing: Backing::Null,
+            metadata_size: 0,
         }
     }
 }
@@ -65,6 +70,7 @@ pub(crate) struct Namespace {
     pub(crate) nsid: u32,
     pub(crate) lba_shift: u32,
     pub(crate) nsze: u64,
+    pub(crate) metadata_size: u16,
     pub(crate) store: Option<DmaRegion>,
     pub(crate) nguid: [u8; 16],
     pub(crate) eui64: [u8; 8],
@@ -114,6 +120,7 @@ impl Namespace {
             nsid: cfg.nsid,
             lba_shift,
             nsze,
+            metadata_size: cfg.metadata_size,
             store,
             nguid,
             eui64,
@@ -142,6 +149,7 @@ impl Namespace {
         id.nguid = self.nguid;
         id.eui64 = self.eui64;
         id.lbaf[0].lbads = self.lba_shift as u8;
+        id.lbaf[0].ms = self.metadata_size;
         id
     }
 

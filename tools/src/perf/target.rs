@@ -265,6 +265,7 @@ impl TargetSpec {
                 size_bytes: size,
                 lba_size: lba,
                 backing,
+                metadata_size: 0,
             },
             inline: !s.threaded,
         })

@@ -77,6 +77,7 @@ fn identify_namespaces_are_shared_and_identical_on_every_controller() {
             size_bytes: 8 << 20,
             lba_size: 4096,
             backing: crate::sim::Backing::Null,
+            metadata_size: 0,
         })
         .build();
     let mut h0 = Host::new(sub.controller(0));
