@@ -865,6 +865,7 @@ impl Controller {
             cq: Arc::new(self.alloc_dma(size as usize * CQE_SIZE)?),
             sync: Arc::new(QueueSync::new(epoch)),
         };
+        rec.sync.set_shadow(info.shadow_doorbells);
         let dstrd = self.inner.cap.dstrd();
         let shadow = if info.shadow_doorbells {
             self.inner.shadow.clone()
@@ -895,6 +896,7 @@ impl Controller {
             opts,
             release: self.inner.released.clone(),
             sync,
+            shadow_pages: self.inner.shadow.clone(),
         }))
     }
 
@@ -902,11 +904,13 @@ impl Controller {
     /// epoch (see [`QueueSync`]). Returns how many were created.
     fn create_pending_queues(&self) -> Result<usize, Error> {
         let epoch = self.inner.shared.load().epoch();
+        let shadow = self.info().shadow_doorbells;
         let queues = self.inner.queues.lock().unwrap();
         let mut n = 0;
         for q in &queues.live {
             if q.sync.live() != epoch && q.sync.acked() == epoch {
                 self.create_queues_in_device(q)?;
+                q.sync.set_shadow(shadow);
                 q.sync.set_live(epoch);
                 n += 1;
             }

@@ -36,9 +36,9 @@ pub mod ring;
 use std::sync::Arc;
 
 #[cfg(loom)]
-use loom::sync::atomic::{AtomicU64, Ordering};
+use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 #[cfg(not(loom))]
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use vfnvme_hugepages::{DmaBuf, DmaPool, DomainId};
 
@@ -46,7 +46,7 @@ use crate::ctrl::state::{CtrlShared, CtrlState, StateWord, TimeoutReport};
 use crate::spec::status::{generic, sct};
 use crate::spec::{NvmOpcode, Sqe, Status};
 use cid::{CidFault, CidTable};
-use ring::Rings;
+use ring::{Rings, ShadowPages};
 
 /// Marks "no PRP list" / "no group" in a tracker.
 const NONE: u16 = u16::MAX;
@@ -324,6 +324,9 @@ struct Group<C> {
 pub struct QueueSync {
     acked: AtomicU64,
     live: AtomicU64,
+    /// The device reads this queue's doorbells from the shadow pages (Doorbell Buffer Config
+    /// took, at the bring-up of the epoch in `live`); written before `live`.
+    shadow: AtomicBool,
 }
 
 impl QueueSync {
@@ -331,6 +334,7 @@ impl QueueSync {
         QueueSync {
             acked: AtomicU64::new(epoch),
             live: AtomicU64::new(epoch),
+            shadow: AtomicBool::new(false),
         }
     }
 
@@ -343,6 +347,16 @@ impl QueueSync {
     #[inline]
     pub fn live(&self) -> u64 {
         self.live.load(Ordering::Acquire)
+    }
+
+    /// Whether the device uses shadow doorbells for the queue in the epoch of [`Self::live`].
+    pub fn shadow(&self) -> bool {
+        self.shadow.load(Ordering::Acquire)
+    }
+
+    /// Sets [`Self::shadow`]; before [`Self::set_live`] for the same epoch.
+    pub(crate) fn set_shadow(&self, on: bool) {
+        self.shadow.store(on, Ordering::Release);
     }
 
     pub(crate) fn set_live(&self, epoch: u64) {
@@ -367,6 +381,9 @@ pub(crate) struct QueueSetup {
     pub release: ReleaseList,
     /// Reset handshake with the control plane.
     pub sync: Arc<QueueSync>,
+    /// The controller's shadow doorbell pages, if it has them; whether the device uses them
+    /// changes with each bring-up ([`QueueSync::shadow`]).
+    pub shadow_pages: Option<Arc<ShadowPages>>,
 }
 
 /// A polled I/O queue pair. See the module docs.
@@ -383,6 +400,10 @@ pub struct QueuePair<C = u64> {
     groups_free: Vec<u16>,
     mdts_bytes: u64,
     epoch: u64,
+    /// The epoch this queue pair last found its queues live in (the submission path's one
+    /// compare); behind `epoch` after a reset until the slow path has caught up.
+    ready_epoch: u64,
+    shadow_pages: Option<Arc<ShadowPages>>,
     timeout_ns: u64,
     now_ns: u64,
     ticks: u32,
@@ -462,6 +483,8 @@ impl<C: Copy + Default> QueuePair<C> {
             groups_free: Vec::new(),
             mdts_bytes: s.mdts_bytes,
             epoch: s.epoch,
+            ready_epoch: s.epoch,
+            shadow_pages: s.shadow_pages,
             timeout_ns: s.opts.timeout_ms as u64 * 1_000_000,
             now_ns: 0,
             ticks: 0,
@@ -538,7 +561,7 @@ impl<C: Copy + Default> QueuePair<C> {
     #[inline(always)]
     fn check_ready(&mut self) -> Result<(), SubmitError> {
         let w = self.shared.load();
-        if w.is_live_in(self.epoch) && self.sync.live() == self.epoch {
+        if w.is_live_in(self.ready_epoch) && self.sync.live() == self.ready_epoch {
             return Ok(());
         }
         self.check_ready_slow(w)
@@ -552,7 +575,17 @@ impl<C: Copy + Default> QueuePair<C> {
             self.resync(w.epoch(), w.state());
         }
         match w.state() {
-            CtrlState::Live if self.sync.live() == self.epoch => Ok(()),
+            CtrlState::Live if self.sync.live() == self.epoch => {
+                // First use of queues re-created after a reset: the doorbells go where this
+                // bring-up's Doorbell Buffer Config said (it may have been refused this time,
+                // or taken only now).
+                if self.ready_epoch != self.epoch {
+                    let shadow = self.sync.shadow().then(|| self.shadow_pages.clone());
+                    self.rings.set_shadow(shadow.flatten());
+                    self.ready_epoch = self.epoch;
+                }
+                Ok(())
+            }
             // Live, but the control plane has not re-created this queue after a reset yet.
             CtrlState::Live => Err(SubmitError::NotReady {
                 ctrl: self.shared.name.clone(),

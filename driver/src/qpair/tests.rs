@@ -699,6 +699,48 @@ fn a_dropped_queue_pair_keeps_its_prp_lists_until_its_queues_are_deleted() {
 }
 
 #[test]
+fn doorbells_follow_each_bring_ups_doorbell_buffer_config() {
+    // Doorbell Buffer Config taken at open and refused at a reset, and the other way round: a
+    // queue pair must ring where the device looks in each epoch (shadow page or MMIO), or its
+    // commands sit unseen.
+    for refused_at_open in [false, true] {
+        let sim = SimSubsystem::builder()
+            .controllers(1)
+            .namespace(NsConfig::ram(1, 8 << 20))
+            .build();
+        let refuse_once = || {
+            sim.controller(0).faults().fail_matching(
+                FaultMatch::admin().opcode(AdminOpcode::DOORBELL_BUFFER_CONFIG.0),
+                Status::new(sct::GENERIC, generic::INVALID_FIELD).with_dnr(true),
+                Some(1),
+            );
+        };
+        if refused_at_open {
+            refuse_once();
+        }
+        let pool = DmaPool::new(PagePolicy::Small);
+        let ctrl = Controller::open(sim.controller(0), pool.clone(), Default::default()).unwrap();
+        assert_eq!(ctrl.info().shadow_doorbells, !refused_at_open);
+        let ns = ctrl.namespace(1).unwrap().info;
+        let mut qp = ctrl.io_queue_pair(QueueOptions::default()).unwrap();
+        let buf = pool.alloc(4096, 4096).unwrap();
+        qp.read(&ns, 0, 8, &buf, 0, 0).unwrap();
+        assert!(wait(&mut qp, &ctrl, 1, 5)[0].outcome.is_success());
+        if !refused_at_open {
+            refuse_once();
+        }
+        sim.controller(0).faults().set_cfs();
+        assert_eq!(ctrl.service(), CtrlState::Live);
+        assert_eq!(ctrl.info().shadow_doorbells, refused_at_open);
+        for t in 1..=4 {
+            until_ready(&ctrl, || qp.read(&ns, t, 8, &buf, 0, t));
+            let c = wait(&mut qp, &ctrl, 1, 5);
+            assert_eq!((c[0].tag, c[0].outcome.is_success()), (t, true));
+        }
+    }
+}
+
+#[test]
 fn a_reset_never_lets_stale_sqes_into_the_recreated_queue() {
     // Arrange: a write is queued in the SQ but its doorbell not yet rung when the controller
     // fails and is reset by the control plane.
