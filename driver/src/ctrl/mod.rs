@@ -495,7 +495,16 @@ impl Controller {
         // Shadow doorbells.
         let mut shadow_on = false;
         if let Some(sh) = &self.inner.shadow {
-            if id.supports_dbbuf() {
+            let last_qid = self.inner.opts.io_queues.max(1);
+            if id.supports_dbbuf() && !sh.covers(last_qid) {
+                // Each buffer is one page (NVMe 2.0, Doorbell Buffer Config): with this doorbell
+                // stride, the doorbells of the last queues would lie past it.
+                log::info!(
+                    "{name}: the shadow doorbell page cannot hold {last_qid} queues' doorbells \
+                     at CAP.DSTRD {}; using MMIO doorbells",
+                    self.inner.cap.dstrd()
+                );
+            } else if id.supports_dbbuf() {
                 sh.shadow.fill(0, 4096, 0);
                 sh.eventidx.fill(0, 4096, 0);
                 let (Some(s), Some(e)) = (sh.shadow.iova(dom, 0), sh.eventidx.iova(dom, 0)) else {

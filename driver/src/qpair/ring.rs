@@ -31,6 +31,11 @@ pub struct ShadowPages {
 }
 
 impl ShadowPages {
+    /// True if the doorbells of queues 0 to `last_qid` fit in the page.
+    pub fn covers(&self, last_qid: u16) -> bool {
+        self.cq_off(last_qid) + 4 <= 4096
+    }
+
     fn sq_off(&self, qid: u16) -> usize {
         2 * qid as usize * self.stride
     }

@@ -741,6 +741,28 @@ fn doorbells_follow_each_bring_ups_doorbell_buffer_config() {
 }
 
 #[test]
+fn a_doorbell_stride_too_wide_for_the_shadow_page_means_mmio_doorbells() {
+    // DSTRD 3 (32-byte stride) and 64 queues: the last queues' shadow doorbells would lie past
+    // the one page that Doorbell Buffer Config takes.
+    let r = rig_with(
+        SimSubsystem::builder()
+            .controllers(1)
+            .dstrd(3)
+            .max_io_queue_pairs(64)
+            .namespace(NsConfig::ram(1, 8 << 20)),
+    );
+    assert!(!r.ctrl.info().shadow_doorbells);
+    let buf = r.pool.alloc(4096, 4096).unwrap();
+    let mut qps: Vec<QueuePair> = (0..64)
+        .map(|_| r.ctrl.io_queue_pair(QueueOptions::default()).unwrap())
+        .collect();
+    let last = qps.last_mut().unwrap();
+    assert_eq!(last.qid(), 64);
+    last.read(&r.ns, 0, 8, &buf, 0, 1).unwrap();
+    assert!(wait(last, &r.ctrl, 1, 5)[0].outcome.is_success());
+}
+
+#[test]
 fn a_reset_never_lets_stale_sqes_into_the_recreated_queue() {
     // Arrange: a write is queued in the SQ but its doorbell not yet rung when the controller
     // fails and is reset by the control plane.
