@@ -101,7 +101,15 @@ pub enum Error {
         /// Queues granted by Set Features Number of Queues.
         granted: u16,
     },
-    /// Data the device returned does not parse.
+    /// The controller needs something vfnvme does not do.
+    #[error("{ctrl}: not supported: {what}")]
+    Unsupported {
+        /// Controller.
+        ctrl: Arc<str>,
+        /// What the controller needs that vfnvme does not do.
+        what: String,
+    },
+    /// The device returned data that does not parse.
     #[error("{ctrl}: malformed {what} from device")]
     BadData {
         /// Controller.
@@ -286,6 +294,17 @@ impl Controller {
             return Err(Error::DeviceGone { ctrl: name });
         }
         let cap = Cap::from(cap_raw);
+        if cap.mps_min_bytes() > 4096 {
+            // CC.MPS is always 0: PRPs, queues and buffers are laid out in 4 KiB pages.
+            return Err(Error::Unsupported {
+                ctrl: name,
+                what: format!(
+                    "the controller's smallest memory page is {} KiB (CAP.MPSMIN); vfnvme uses \
+                     4 KiB pages",
+                    cap.mps_min_bytes() >> 10
+                ),
+            });
+        }
         let dstrd = cap.dstrd();
         let asize = opts
             .admin_queue_size

@@ -96,6 +96,17 @@ fn until_ready(ctrl: &Controller, mut submit: impl FnMut() -> Result<(), SubmitE
 }
 
 #[test]
+fn a_controller_that_needs_pages_larger_than_4k_is_refused_clearly() {
+    let sim = SimSubsystem::builder().controllers(1).mpsmin(2).build();
+    let pool = DmaPool::new(PagePolicy::Small);
+    let Err(e) = Controller::open(sim.controller(0), pool, ControllerOptions::default()) else {
+        panic!("opened a controller whose smallest page is 16 KiB");
+    };
+    assert!(matches!(e, crate::ctrl::Error::Unsupported { .. }), "{e}");
+    assert!(e.to_string().contains("16 KiB (CAP.MPSMIN)"), "{e}");
+}
+
+#[test]
 fn bring_up_identifies_the_controller() {
     let r = rig();
     let info = r.ctrl.info();

@@ -80,6 +80,8 @@ pub struct SimConfig {
     pub cap_to: u8,
     /// CAP.DSTRD: doorbell stride `4 << dstrd`.
     pub dstrd: u8,
+    /// CAP.MPSMIN: smallest memory page `4 KiB << mpsmin`.
+    pub mpsmin: u8,
     /// Identify MDTS: `2^mdts` pages of 4 KiB (0 = no limit).
     pub mdts: u8,
     /// I/O queue pairs a controller offers.
@@ -108,6 +110,7 @@ impl Default for SimConfig {
             mqes: 1023,
             cap_to: 0x0f,
             dstrd: 0,
+            mpsmin: 0,
             mdts: 5,
             max_io_queue_pairs: 64,
             ready_delay: Duration::ZERO,
@@ -157,6 +160,13 @@ impl SimBuilder {
         self
     }
     /// Identify MDTS (`2^mdts` × 4 KiB; 0 = unlimited, capped internally at 2^10 pages).
+    /// CAP.MPSMIN (0..=4).
+    pub fn mpsmin(mut self, mpsmin: u8) -> Self {
+        self.cfg.mpsmin = mpsmin.min(regs::MPSMAX);
+        self
+    }
+
+    /// MDTS (see [`SimConfig::mdts`]).
     pub fn mdts(mut self, mdts: u8) -> Self {
         self.cfg.mdts = mdts.min(10);
         self

@@ -25,7 +25,7 @@ use super::{lock, run, SimController};
 /// CAP.CSS advertised: NVM command set (bit 0) and I/O command sets (bit 6).
 const CAP_CSS: u8 = 0x41;
 /// CAP.MPSMAX advertised: 64 KiB pages.
-const MPSMAX: u8 = 4;
+pub(crate) const MPSMAX: u8 = 4;
 /// VS advertised: 2.0.0.
 pub(crate) const VERSION: u32 = 0x0002_0000;
 
@@ -56,7 +56,7 @@ impl SimController {
             .with_to(c.cap_to)
             .with_dstrd(c.dstrd)
             .with_css(CAP_CSS)
-            .with_mpsmin(0)
+            .with_mpsmin(c.mpsmin)
             .with_mpsmax(MPSMAX)
     }
 
