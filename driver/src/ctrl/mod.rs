@@ -306,6 +306,7 @@ impl Controller {
             });
         }
         let dstrd = cap.dstrd();
+        doorbells_in_bar(func.as_ref(), &name, 0, dstrd)?;
         let asize = opts
             .admin_queue_size
             .clamp(2, (cap.mqes() as u32 + 1).min(4096) as u16);
@@ -882,6 +883,12 @@ impl Controller {
         info: &CtrlInfo,
         opts: QueueOptions,
     ) -> Result<QueuePair<C>, Error> {
+        doorbells_in_bar(
+            self.inner.func.as_ref(),
+            self.name(),
+            qid,
+            self.inner.cap.dstrd(),
+        )?;
         // The epoch is read before the queues are created: if a reset slips in between, the
         // queue pair starts in the old epoch, rewinds on first use, and gets its queues back
         // from the control plane like every other.
@@ -1320,5 +1327,26 @@ impl Drop for Inner {
         if let Err(e) = self.shutdown_handshake() {
             log::warn!("{}: shutdown on drop: {e}", self.shared.name);
         }
+    }
+}
+
+/// Checks that queue `qid`'s doorbells lie inside BAR0: their offsets follow from CAP.DSTRD,
+/// a device value, and ringing past the BAR would be an out-of-bounds access.
+fn doorbells_in_bar(
+    func: &dyn PciFunction,
+    name: &Arc<str>,
+    qid: u16,
+    dstrd: u8,
+) -> Result<(), Error> {
+    let end = regs::cq_head_doorbell(qid, dstrd) + 4;
+    match func.bar_len() {
+        Some(len) if end > len => Err(Error::Unsupported {
+            ctrl: name.clone(),
+            what: format!(
+                "queue {qid}'s doorbells lie past the end of BAR0 ({end:#x} > {len:#x} bytes \
+                 at CAP.DSTRD {dstrd})"
+            ),
+        }),
+        _ => Ok(()),
     }
 }

@@ -109,4 +109,10 @@ pub trait PciFunction: Send + Sync {
     /// Called by a queue pair whose completion queue was empty. The inline software controller
     /// uses it to make progress on delayed completions; hardware backends do nothing.
     fn idle_poll(&self) {}
+
+    /// Bytes of BAR0 (registers and doorbells), if known. Doorbell offsets come from the device
+    /// (CAP.DSTRD), so the driver checks that every doorbell it will ring lies inside.
+    fn bar_len(&self) -> Option<usize> {
+        None
+    }
 }

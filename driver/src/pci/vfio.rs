@@ -572,6 +572,10 @@ impl PciFunction for VfioFunction {
         &self.name
     }
 
+    fn bar_len(&self) -> Option<usize> {
+        Some(self.bar.len())
+    }
+
     #[inline]
     fn read32(&self, offset: usize) -> u32 {
         self.bar.read32(offset)

@@ -107,6 +107,19 @@ fn a_controller_that_needs_pages_larger_than_4k_is_refused_clearly() {
 }
 
 #[test]
+fn doorbells_past_the_end_of_bar0_are_refused_not_rung() {
+    // CAP.DSTRD 15 (128 KiB between doorbells) on a 16 KiB BAR: even the admin queue's doorbells
+    // lie past it.
+    let sim = SimSubsystem::builder().controllers(1).dstrd(15).build();
+    let pool = DmaPool::new(PagePolicy::Small);
+    let Err(e) = Controller::open(sim.controller(0), pool, ControllerOptions::default()) else {
+        panic!("opened a controller whose doorbells lie past its BAR");
+    };
+    assert!(matches!(e, crate::ctrl::Error::Unsupported { .. }), "{e}");
+    assert!(e.to_string().contains("past the end of BAR0"), "{e}");
+}
+
+#[test]
 fn bring_up_identifies_the_controller() {
     let r = rig();
     let info = r.ctrl.info();

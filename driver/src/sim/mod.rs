@@ -518,6 +518,10 @@ impl PciFunction for SimController {
         &self.name
     }
 
+    fn bar_len(&self) -> Option<usize> {
+        Some(self.bar_len())
+    }
+
     fn read32(&self, offset: usize) -> u32 {
         self.reg_read32(offset)
     }

@@ -60,6 +60,15 @@ impl SimController {
             .with_mpsmax(MPSMAX)
     }
 
+    /// BAR0 size: 16 KiB, or what the doorbells of every queue need at a DSTRD up to 3; a larger
+    /// DSTRD does not grow it (a device whose doorbells lie past its BAR, for tests).
+    pub(crate) fn bar_len(&self) -> usize {
+        let c = &self.shared.cfg;
+        let need = offset::DOORBELL_BASE
+            + 2 * (c.max_io_queue_pairs as usize + 1) * (4usize << c.dstrd.min(3));
+        need.max(16 << 10)
+    }
+
     /// Memory page size selected at enable, log2 bytes.
     pub(crate) fn page_shift(&self) -> u32 {
         self.page_shift.load(Ordering::Acquire).max(12)
@@ -136,7 +145,9 @@ impl SimController {
             return;
         }
         if off >= offset::DOORBELL_BASE {
-            self.doorbell_write(off, v);
+            if off + 4 <= self.bar_len() {
+                self.doorbell_write(off, v);
+            }
             return;
         }
         match off {
