@@ -12,8 +12,9 @@
 //! * [`pagemap`]: physical addresses from `/proc/self/pagemap`, for VFIO's no-IOMMU mode.
 //! * [`sysfs`]: the hugepage reserve per NUMA node and hugetlbfs mounts, for the setup tool.
 //!
-//! Memory that a device may write is never reachable through a Rust reference: every access goes
-//! through raw pointers (bulk copies), volatile loads and stores, or atomics.
+//! Memory that a device may write is never reachable through a Rust reference, and every access
+//! to it is atomic (relaxed words and bytes for bulk copies), so that threads sharing a region
+//! never race in Rust's sense.
 //!
 //! It does not own the IOMMU itself (that is the bus backend in `vfnvme::pci`).
 #![warn(missing_docs)]

@@ -115,11 +115,14 @@ pub fn bind(host: &Host, bdf: Bdf, force: bool) -> anyhow::Result<Outcome> {
     host.write(&host.drivers_probe(), &bdf.to_string())?;
     let now = host.wait_for_driver(bdf, "vfio-pci");
     if now.as_deref() != Some("vfio-pci") {
+        // Put it back as it was rather than leave it with no driver and a stray override.
+        let back = give_back(host, bdf, current.as_deref());
+        State::update(host, |s| {
+            s.devices.remove(&bdf.to_string());
+        })?;
         bail!(
-            "{bdf}: vfio-pci did not bind (driver now {}); see `dmesg | tail` — without an \
-             IOMMU group vfio-pci needs no-IOMMU mode (`modprobe vfio \
-             enable_unsafe_noiommu_mode=1`)",
-            now.as_deref().unwrap_or("none")
+            "{bdf}: vfio-pci did not bind; {back}. See `dmesg | tail` — without an IOMMU \
+             group vfio-pci needs no-IOMMU mode (`modprobe vfio enable_unsafe_noiommu_mode=1`)"
         );
     }
     Ok(Outcome::Moved {
@@ -127,6 +130,28 @@ pub fn bind(host: &Host, bdf: Bdf, force: bool) -> anyhow::Result<Outcome> {
         to: now,
         detail: group_detail(host, bdf),
     })
+}
+
+/// After a failed bind: clears the override and lets `original` (the driver the controller had)
+/// take it again. Returns what happened, for the error message.
+fn give_back(host: &Host, bdf: Bdf, original: Option<&str>) -> String {
+    let dev = host.paths.device_dir(bdf);
+    let _ = host.write(&dev.join("driver_override"), "\n");
+    if let Some(d) = host.paths.driver_of(bdf) {
+        let _ = host.write(&host.driver_dir(&d).join("unbind"), &bdf.to_string());
+    }
+    let Some(orig) = original else {
+        return "it is left with no driver, as it was".into();
+    };
+    let _ = host.write(&host.drivers_probe(), &bdf.to_string());
+    match host.wait_for_driver(bdf, orig) {
+        Some(d) if d == orig => format!("it is back on {orig}"),
+        now => format!(
+            "and {orig} did not take it back (driver now {}): `vfnvme-setup unbind {bdf}` \
+             retries",
+            now.as_deref().unwrap_or("none")
+        ),
+    }
 }
 
 /// Processes holding the VFIO group node of `group`: `["1234 (vfnvme-perf)"]`.
@@ -169,11 +194,28 @@ pub fn unbind(host: &Host, bdf: Bdf, force: bool) -> anyhow::Result<Outcome> {
     host.check_nvme(bdf)?;
     let st = scan::one(host, bdf);
     let current = st.driver.clone();
-    if current.as_deref() == Some("nvme") && st.driver_override.is_none() {
+    if current.as_deref() == Some("nvme") {
+        // Already there. A stray override (left by a bind that failed half-way, say) is
+        // cleared, but the driver is not touched: unbinding nvme would hot-remove its disks.
+        if st.driver_override.is_some() {
+            host.write(&host.paths.device_dir(bdf).join("driver_override"), "\n")?;
+        }
         State::update(host, |s| {
             s.devices.remove(&bdf.to_string());
         })?;
         return Ok(Outcome::Already("nvme".into()));
+    }
+    if current.as_deref() != Some("vfio-pci") && current.is_some() {
+        // On some other driver: its namespaces may be in use, as `bind` checks.
+        let uses = st.uses();
+        if !uses.is_empty() && !force {
+            bail!(
+                "{bdf}: refusing to move it from {} to nvme: {} — stop using it first, or pass \
+                 --force",
+                current.as_deref().unwrap_or("?"),
+                uses.join("; ")
+            );
+        }
     }
     if current.as_deref() == Some("vfio-pci") {
         let holders = group_holders(host, st.iommu_group);
@@ -197,15 +239,17 @@ pub fn unbind(host: &Host, bdf: Bdf, force: bool) -> anyhow::Result<Outcome> {
     }
     host.write(&host.drivers_probe(), &bdf.to_string())?;
     let now = host.wait_for_driver(bdf, "nvme");
-    State::update(host, |s| {
-        s.devices.remove(&bdf.to_string());
-    })?;
     if now.as_deref() != Some("nvme") {
+        // The record stays, so that `reset` (or another `unbind`) still knows the controller.
         bail!(
-            "{bdf}: the nvme driver did not bind (driver now {}); see `dmesg | tail`",
+            "{bdf}: the nvme driver did not bind (driver now {}); see `dmesg | tail`, then \
+             `vfnvme-setup unbind {bdf}` retries",
             now.as_deref().unwrap_or("none")
         );
     }
+    State::update(host, |s| {
+        s.devices.remove(&bdf.to_string());
+    })?;
     Ok(Outcome::Moved {
         from: current,
         to: now,
@@ -255,24 +299,21 @@ pub fn bind_many(host: &Host, bdfs: &[Bdf], force: bool) -> anyhow::Result<i32> 
     each(&t, |b| bind(host, b, force))
 }
 
-/// `unbind [BDF...]`: default every NVMe controller on vfio-pci or with a `driver_override`.
+/// `unbind [BDF...]`: default every controller this tool bound (recorded in its state file).
+/// Others on vfio-pci (a VM's passthrough device, say) are listed, not touched: name them to
+/// give them back.
 ///
 /// # Errors
-/// No controllers.
+/// The state file does not parse.
 pub fn unbind_many(host: &Host, bdfs: &[Bdf], force: bool) -> anyhow::Result<i32> {
     let t = if bdfs.is_empty() {
-        let v: Vec<Bdf> = host
-            .nvme_functions()?
-            .into_iter()
-            .filter(|&b| {
-                host.paths.driver_of(b).as_deref() == Some("vfio-pci")
-                    || host.driver_override(b).is_some()
-            })
-            .collect();
+        let v = recorded(host)?;
         if v.is_empty() {
-            println!("no NVMe controller is bound to vfio-pci: nothing to do");
+            println!("no controller bound by vfnvme-setup is recorded: nothing to do");
+            hint_unrecorded(host, &v);
             return Ok(0);
         }
+        hint_unrecorded(host, &v);
         v
     } else {
         bdfs.to_vec()
@@ -280,53 +321,113 @@ pub fn unbind_many(host: &Host, bdfs: &[Bdf], force: bool) -> anyhow::Result<i32
     each(&t, |b| unbind(host, b, force))
 }
 
-/// `reset`: hugepages go back to the recorded values (or 0) first — the kernel nvme driver
-/// needs memory to probe — then the controllers recorded in the state file (or, without one,
-/// every NVMe controller whose `driver_override` is vfio-pci) go back to nvme.
+/// Takes `bdf` off vfio-pci and leaves it with no driver (what it had before `bind`).
+fn release(host: &Host, bdf: Bdf) -> anyhow::Result<Outcome> {
+    let st = scan::one(host, bdf);
+    let holders = group_holders(host, st.iommu_group);
+    if !holders.is_empty() {
+        bail!(
+            "{bdf}: its VFIO group {} is open in process {}: stop it first",
+            st.iommu_group,
+            holders.join(", ")
+        );
+    }
+    let dev = host.paths.device_dir(bdf);
+    host.write(&dev.join("driver_override"), "\n")?;
+    if let Some(d) = &st.driver {
+        host.write(&host.driver_dir(d).join("unbind"), &bdf.to_string())
+            .with_context(|| format!("unbinding {bdf} from {d}"))?;
+    }
+    State::update(host, |s| {
+        s.devices.remove(&bdf.to_string());
+    })?;
+    Ok(Outcome::Moved {
+        from: st.driver,
+        to: None,
+        detail: " (it had no driver before bind)".into(),
+    })
+}
+
+/// The controllers in the state file.
+fn recorded(host: &Host) -> anyhow::Result<Vec<Bdf>> {
+    Ok(State::load(host)?
+        .map(|s| {
+            s.devices
+                .keys()
+                .filter_map(|b| Bdf::parse(b).ok())
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Names the NVMe controllers on vfio-pci that are not in `done` (not bound by this tool).
+fn hint_unrecorded(host: &Host, done: &[Bdf]) {
+    let others: Vec<String> = host
+        .nvme_functions()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|b| !done.contains(b))
+        .filter(|&b| {
+            host.paths.driver_of(b).as_deref() == Some("vfio-pci")
+                || host.driver_override(b).is_some()
+        })
+        .map(|b| b.to_string())
+        .collect();
+    if !others.is_empty() {
+        println!(
+            "left alone, not bound by vfnvme-setup: {} (`vfnvme-setup unbind BDF` gives one \
+             back)",
+            others.join(", ")
+        );
+    }
+}
+
+/// `reset`: undoes what this tool recorded in its state file. Hugepages first — the kernel
+/// nvme driver needs memory to probe — the machine-wide count, then each NUMA node's (the
+/// whole picture is recorded at the first change), then the controllers go back to the driver
+/// they had. With no record, nothing is changed: hugepages reserved by others (the kernel
+/// command line, DPDK, VMs) and controllers on vfio-pci for a VM are not this tool's.
 ///
 /// # Errors
 /// The state file does not parse.
 pub fn reset(host: &Host) -> anyhow::Result<i32> {
-    let state = State::load(host)?;
+    let Some(state) = State::load(host)? else {
+        println!("nothing recorded by vfnvme-setup: hugepages and controllers left as they are");
+        hint_unrecorded(host, &[]);
+        return Ok(0);
+    };
     let mut code = 0;
-    let bdfs: Vec<Bdf> = match &state {
-        Some(s) => s
-            .devices
-            .keys()
-            .filter_map(|b| Bdf::parse(b).ok())
-            .collect(),
-        None => host
-            .nvme_functions()?
-            .into_iter()
-            .filter(|&b| host.driver_override(b).as_deref() == Some("vfio-pci"))
-            .collect(),
-    };
-    let (total, nodes) = match &state {
-        Some(s) => (s.hugepages_total, s.hugepages_nodes.clone()),
-        None => (Some(0), Default::default()),
-    };
-    for (n, c) in nodes {
-        match super::hugepages::reserve(host, c, Some(n)) {
-            Ok(r) => println!("{}", r.message()),
-            Err(e) => {
-                eprintln!("vfnvme-setup: error: {e:#}");
-                code = 1;
-            }
+    let bdfs: Vec<Bdf> = state
+        .devices
+        .keys()
+        .filter_map(|b| Bdf::parse(b).ok())
+        .collect();
+    let restore = |pages: u64, node: Option<u32>| match super::hugepages::restore(host, pages, node)
+    {
+        Ok(r) => {
+            println!("{}", r.message());
+            true
         }
+        Err(e) => {
+            eprintln!("vfnvme-setup: error: {e:#}");
+            false
+        }
+    };
+    if let Some(t) = state.hugepages_total {
+        code |= !restore(t, None) as i32;
     }
-    if let Some(t) = total {
-        match super::hugepages::reserve(host, t, None) {
-            Ok(r) => println!("{}", r.message()),
-            Err(e) => {
-                eprintln!("vfnvme-setup: error: {e:#}");
-                code = 1;
-            }
-        }
+    for (&n, &c) in &state.hugepages_nodes {
+        code |= !restore(c, Some(n)) as i32;
     }
     // After the hugepages: rebinding nvme needs memory.
     if bdfs.is_empty() {
         println!("no controllers to give back");
-    } else if each(&bdfs, |b| unbind(host, b, false))? != 0 {
+    } else if each(&bdfs, |b| match state.devices.get(&b.to_string()) {
+        // It had no driver before `bind`: leave it without one.
+        Some(None) => release(host, b),
+        _ => unbind(host, b, false),
+    })? != 0
+    {
         code = 1;
     }
     if code == 0 {

@@ -73,12 +73,54 @@ fn read_count(host: &Host, p: &std::path::Path) -> anyhow::Result<u64> {
         .with_context(|| format!("{}: not a number: {s:?}", p.display()))
 }
 
-/// Sets the reserve and reads back what was granted, remembering the first original value in
-/// the state file for `reset`.
+/// The NUMA nodes with a 2 MiB hugepage reserve, and each one's count.
+fn node_counts(host: &Host) -> Vec<(u32, u64)> {
+    let Ok(rd) = std::fs::read_dir(host.paths.sys.join("devices/system/node")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(u32, u64)> = rd
+        .flatten()
+        .filter_map(|e| {
+            let n: u32 = e.file_name().to_str()?.strip_prefix("node")?.parse().ok()?;
+            let c = read_count(host, &nr_hugepages_path(host, Some(n))).ok()?;
+            Some((n, c))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Sets the reserve and reads back what was granted. At the first change the state file gets
+/// the whole original picture, the machine-wide count and every node's, for `reset`: a later
+/// change of either kind moves the other.
 ///
 /// # Errors
 /// No such NUMA node, or the write was refused.
 pub fn reserve(host: &Host, pages: u64, node: Option<u32>) -> anyhow::Result<Reserved> {
+    let total = read_count(host, &nr_hugepages_path(host, None));
+    let nodes = node_counts(host);
+    let p = nr_hugepages_path(host, node);
+    if !p.exists() {
+        return set(host, pages, node); // says what is missing
+    }
+    State::update(host, |s| {
+        if s.hugepages_total.is_none() && s.hugepages_nodes.is_empty() {
+            s.hugepages_total = total.as_ref().ok().copied();
+            s.hugepages_nodes.extend(nodes);
+        }
+    })?;
+    set(host, pages, node)
+}
+
+/// Puts a reserve back to a recorded count (for `reset`: nothing is recorded).
+///
+/// # Errors
+/// As [`reserve`].
+pub fn restore(host: &Host, pages: u64, node: Option<u32>) -> anyhow::Result<Reserved> {
+    set(host, pages, node)
+}
+
+fn set(host: &Host, pages: u64, node: Option<u32>) -> anyhow::Result<Reserved> {
     let p = nr_hugepages_path(host, node);
     if !p.exists() {
         match node {
@@ -91,14 +133,6 @@ pub fn reserve(host: &Host, pages: u64, node: Option<u32>) -> anyhow::Result<Res
         }
     }
     let before = read_count(host, &p)?;
-    State::update(host, |s| match node {
-        None => {
-            s.hugepages_total.get_or_insert(before);
-        }
-        Some(n) => {
-            s.hugepages_nodes.entry(n).or_insert(before);
-        }
-    })?;
     host.write(&p, &pages.to_string())?;
     let granted = read_count(host, &p)?;
     Ok(Reserved {

@@ -18,9 +18,9 @@ use super::Host;
 pub struct State {
     /// Per PCI address: the driver it had before the first `bind` (`None`: unbound).
     pub devices: BTreeMap<String, Option<String>>,
-    /// Machine-wide 2 MiB reserve before the first `hugepages`.
+    /// Machine-wide 2 MiB reserve before the first `hugepages` (of either kind).
     pub hugepages_total: Option<u64>,
-    /// Per NUMA node 2 MiB reserve before the first `hugepages --node`.
+    /// Each NUMA node's 2 MiB reserve before the first `hugepages` (of either kind).
     pub hugepages_nodes: BTreeMap<u32, u64>,
 }
 
