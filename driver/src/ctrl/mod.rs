@@ -1005,6 +1005,11 @@ impl Controller {
 
     /// Deletes the device queues of dropped queue pairs (SQ first, then CQ).
     fn delete_dropped_queues(&self) {
+        if self.state() == CtrlState::Resetting {
+            // A reset on another thread has not disabled the device yet: it may still run the
+            // dropped queues. The next step, after the reset, frees them.
+            return;
+        }
         let dropped = std::mem::take(&mut *self.inner.released.lock().unwrap());
         if dropped.is_empty() {
             return;
@@ -1325,7 +1330,12 @@ impl Drop for Inner {
         }
         log::debug!("{}: dropped while live; shutting down", self.shared.name);
         if let Err(e) = self.shutdown_handshake() {
-            log::warn!("{}: shutdown on drop: {e}", self.shared.name);
+            // Its memory goes back to the pool now: make sure it can no longer reach it.
+            log::warn!(
+                "{}: shutdown on drop: {e}; bus mastering off",
+                self.shared.name
+            );
+            let _ = self.func.set_bus_master(false);
         }
     }
 }

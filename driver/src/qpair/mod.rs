@@ -24,6 +24,14 @@
 //! design allows 256. PRP list pages come from
 //! a per-queue pool and are taken only for transfers that span more than two pages.
 //!
+//! # Buffers belong to the device until the command completes
+//! A data buffer passed to a submission is the device's to read or write until its command
+//! completes (or is failed back by a reset or removal, which happens only once the device can no
+//! longer touch it). Dropping a queue pair with commands in flight does not end them: the
+//! control plane deletes its queues at its next step. Keep their buffers until then, or hand
+//! them to [`QueuePair::keep_until_deleted`], which frees them after the deletion; its PRP list
+//! pages are kept that way already. The multipath channel does this for the buffers it holds.
+//!
 //! # Errors
 //! Submission errors ([`SubmitError`]) name the controller, queue and opcode. A completion the
 //! device should not have posted (unknown, duplicate or stale command id) is consumed, reported
@@ -404,6 +412,8 @@ pub struct QueuePair<C = u64> {
     /// compare); behind `epoch` after a reset until the slow path has caught up.
     ready_epoch: u64,
     shadow_pages: Option<Arc<ShadowPages>>,
+    /// See [`QueuePair::keep_until_deleted`].
+    kept: Vec<Box<dyn std::any::Any + Send>>,
     timeout_ns: u64,
     now_ns: u64,
     ticks: u32,
@@ -424,6 +434,9 @@ pub(crate) struct Dropped {
     /// to be dropped after the queues are deleted.
     #[allow(dead_code)]
     pub prp_pages: Vec<DmaBuf>,
+    /// What the owner asked to keep as long ([`QueuePair::keep_until_deleted`]).
+    #[allow(dead_code)]
+    pub kept: Vec<Box<dyn std::any::Any + Send>>,
 }
 
 /// Dropped queue pairs, waiting for the control plane.
@@ -434,6 +447,7 @@ impl<C> Drop for QueuePair<C> {
         let dropped = Dropped {
             qid: self.rings.qid(),
             prp_pages: std::mem::take(&mut self.prp_pages),
+            kept: std::mem::take(&mut self.kept),
         };
         self.release
             .lock()
@@ -485,6 +499,7 @@ impl<C: Copy + Default> QueuePair<C> {
             epoch: s.epoch,
             ready_epoch: s.epoch,
             shadow_pages: s.shadow_pages,
+            kept: Vec::new(),
             timeout_ns: s.opts.timeout_ms as u64 * 1_000_000,
             now_ns: 0,
             ticks: 0,
@@ -534,6 +549,13 @@ impl<C: Copy + Default> QueuePair<C> {
     #[inline]
     pub fn is_ready(&self) -> bool {
         self.shared.load().is_live_in(self.epoch) && self.sync.live() == self.epoch
+    }
+
+    /// Keeps `what` (buffers of commands in flight, typically) alive until this queue pair's
+    /// queues are deleted from the device after it is dropped: see the module docs, "Buffers
+    /// belong to the device". Called while commands are in flight, before a drop.
+    pub fn keep_until_deleted(&mut self, what: Box<dyn std::any::Any + Send>) {
+        self.kept.push(what);
     }
 
     /// Most commands the queue can hold at once.

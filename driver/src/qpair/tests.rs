@@ -787,6 +787,29 @@ fn a_doorbell_stride_too_wide_for_the_shadow_page_means_mmio_doorbells() {
 }
 
 #[test]
+fn buffers_kept_by_a_dropped_queue_pair_are_freed_only_after_its_queues_are_deleted() {
+    // Arrange: a read into `buf` that the device never completes.
+    let r = rig();
+    let mut qp = r.ctrl.io_queue_pair(QueueOptions::default()).unwrap();
+    let buf = r.pool.alloc(4096, 4096).unwrap();
+    let dom = r.ctrl.domain();
+    let at = buf.iova(dom, 0).unwrap().0;
+    r.sim.controller(0).faults().drop_commands(1);
+    qp.read(&r.ns, 0, 8, &buf, 0, 1).unwrap();
+    qp.ring();
+    // Act: the owner hands the buffer to the queue pair and drops both.
+    qp.keep_until_deleted(Box::new(buf));
+    drop(qp);
+    let taken: Vec<DmaBuf> = (0..64).map(|_| r.pool.alloc(4096, 4096).unwrap()).collect();
+    // Assert: not reused while the device may still write it; free once the queue is deleted.
+    assert!(taken.iter().all(|p| p.iova(dom, 0).unwrap().0 != at));
+    drop(taken);
+    r.ctrl.service();
+    let again: Vec<DmaBuf> = (0..64).map(|_| r.pool.alloc(4096, 4096).unwrap()).collect();
+    assert!(again.iter().any(|p| p.iova(dom, 0).unwrap().0 == at));
+}
+
+#[test]
 fn a_reset_never_lets_stale_sqes_into_the_recreated_queue() {
     // Arrange: a write is queued in the SQ but its doorbell not yet rung when the controller
     // fails and is reset by the control plane.
