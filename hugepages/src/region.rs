@@ -150,6 +150,12 @@ impl DmaRegion {
         // SAFETY: `va`/`len` is the mapping just made. Failure to lock is tolerated: VFIO pins
         // pages itself when it maps them, and the software controller needs no pinning.
         let locked = unsafe { libc::mlock(va, len) } == 0;
+        // A child after fork() must not share (copy-on-write) pages a device writes: the
+        // parent's first write would move its view to a new page while the device kept
+        // writing the old one (in no-IOMMU mode, by physical address). Advice only: failure is
+        // tolerated.
+        // SAFETY: the mapping just made.
+        let _ = unsafe { libc::madvise(va, len, libc::MADV_DONTFORK) };
         Ok(DmaRegion(Arc::new(Inner {
             va: va.cast(),
             len,

@@ -21,27 +21,44 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, Once};
 
 /// Most BARs the guard can watch at once (one per open function in practice).
 pub const MAX_GUARDED_BARS: usize = 64;
 
 struct Slot {
-    /// Start address, 0 when the slot is free.
-    start: AtomicUsize,
-    /// Length in bytes.
-    len: AtomicUsize,
+    /// The mapping, start and length packed in one word ([`pack_range`]) so that the handler
+    /// never pairs one BAR's start with another's length; 0 when the slot is free.
+    range: AtomicU64,
     /// Set by the handler (or [`Bar::detach`]) once the range is anonymous 0xFF memory.
     gone: AtomicBool,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
 const FREE_SLOT: Slot = Slot {
-    start: AtomicUsize::new(0),
-    len: AtomicUsize::new(0),
+    range: AtomicU64::new(0),
     gone: AtomicBool::new(false),
 };
+
+const PAGE_SHIFT: u32 = 12;
+/// Bits of the packed range that hold the start page (a 48-bit address space).
+const START_BITS: u32 = 36;
+
+/// One word for a page-aligned mapping: its start page and its length in pages (below 2^28
+/// pages, 1 TiB).
+fn pack_range(start: usize, len: usize) -> u64 {
+    let pages = len.div_ceil(1 << PAGE_SHIFT) as u64;
+    debug_assert!(start.is_multiple_of(1 << PAGE_SHIFT) && pages < 1 << (64 - START_BITS));
+    (start as u64 >> PAGE_SHIFT) | pages << START_BITS
+}
+
+/// `(start, len)` of a packed range (the length rounded up to whole pages).
+fn unpack_range(r: u64) -> (usize, usize) {
+    let start = ((r & ((1 << START_BITS) - 1)) << PAGE_SHIFT) as usize;
+    let len = ((r >> START_BITS) << PAGE_SHIFT) as usize;
+    (start, len)
+}
 
 static SLOTS: [Slot; MAX_GUARDED_BARS] = [FREE_SLOT; MAX_GUARDED_BARS];
 /// Serializes slot registration (never taken by the handler).
@@ -51,8 +68,9 @@ static INSTALLED: AtomicBool = AtomicBool::new(false);
 
 /// The handler that was installed before ours, saved once before ours goes in.
 struct PrevAction(std::cell::UnsafeCell<libc::sigaction>);
-// SAFETY: written once inside `INSTALL.call_once` before our handler is installed (so before any
-// reader can run), read-only afterwards.
+// SAFETY: written once inside `INSTALL.call_once`, by a `sigaction` call that only reads the
+// current action, before a second call installs our handler (so before any reader can run);
+// read-only afterwards.
 unsafe impl Sync for PrevAction {}
 // SAFETY: an all-zero sigaction is SIG_DFL with an empty mask, a valid value.
 static PREV: PrevAction = PrevAction(std::cell::UnsafeCell::new(unsafe { std::mem::zeroed() }));
@@ -70,9 +88,15 @@ pub fn install_sigbus_guard() -> io::Result<()> {
         sa.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER;
         // SAFETY: sa_mask is a valid sigset_t inside `sa`.
         unsafe { libc::sigemptyset(&mut sa.sa_mask) };
-        // SAFETY: PREV is written only here, once, before our handler exists; both pointers are
-        // valid sigaction structs.
-        let r = unsafe { libc::sigaction(libc::SIGBUS, &sa, PREV.0.get()) };
+        // SAFETY: PREV is written only here, once, by a call that installs nothing, before our
+        // handler exists; both pointers are valid sigaction structs.
+        let r = unsafe {
+            if libc::sigaction(libc::SIGBUS, ptr::null(), PREV.0.get()) != 0 {
+                -1
+            } else {
+                libc::sigaction(libc::SIGBUS, &sa, ptr::null_mut())
+            }
+        };
         if r != 0 {
             result = Err(io::Error::last_os_error());
         } else {
@@ -87,47 +111,70 @@ pub fn install_sigbus_guard() -> io::Result<()> {
     result
 }
 
-/// Replaces `[start, start+len)` with anonymous memory filled with 0xFF. Async-signal-safe
-/// (mmap and a byte loop only).
+/// Replaces `[start, start+len)` with anonymous memory filled with 0xFF, in one step: the pages
+/// are filled elsewhere first and then moved over the range (`mremap`), so another thread reads
+/// either the BAR or all-ones, never zeroes. Async-signal-safe in practice (system calls and a
+/// byte loop on private memory only).
 ///
 /// # Safety
 /// `[start, start+len)` must be a mapping this module owns (a registered BAR), and no Rust
 /// reference may point into it.
 unsafe fn replace_with_ones(start: usize, len: usize) -> bool {
-    // SAFETY: MAP_FIXED atomically replaces the caller's own BAR mapping with fresh anonymous
-    // memory of the same size; nothing else lives in that range.
-    let p = unsafe {
+    // SAFETY: a fresh private anonymous mapping at an address the kernel picks.
+    let scratch = unsafe {
         libc::mmap(
-            start as *mut libc::c_void,
+            ptr::null_mut(),
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
             -1,
             0,
         )
     };
-    if p == libc::MAP_FAILED {
+    if scratch == libc::MAP_FAILED {
         return false;
     }
-    // SAFETY: the range is now our private anonymous memory of `len` bytes.
-    unsafe { ptr::write_bytes(start as *mut u8, 0xff, len) };
+    // SAFETY: `scratch` is our own private memory of `len` bytes, which no other thread knows.
+    unsafe { ptr::write_bytes(scratch as *mut u8, 0xff, len) };
+    // SAFETY: MREMAP_FIXED moves the filled pages over the caller's own BAR mapping, replacing
+    // it atomically; nothing else lives in that range.
+    let p = unsafe {
+        libc::mremap(
+            scratch,
+            len,
+            len,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            start as *mut libc::c_void,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        // SAFETY: our scratch mapping, never shared.
+        unsafe { libc::munmap(scratch, len) };
+        return false;
+    }
     true
 }
 
 extern "C" fn sigbus_handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: errno is this thread's; saved so the interrupted code never sees ours.
+    let errno = unsafe { *libc::__errno_location() };
     // SAFETY: the kernel passes a valid siginfo for an SA_SIGINFO handler.
-    let addr = unsafe { (*info).si_addr() } as usize;
-    for slot in &SLOTS {
-        let start = slot.start.load(Ordering::Acquire);
-        let len = slot.len.load(Ordering::Acquire);
-        if start != 0 && addr >= start && addr < start + len {
-            // SAFETY: the slot names a live BAR mapping (a slot is cleared before its munmap),
-            // accessed only through raw pointers.
-            if unsafe { replace_with_ones(start, len) } {
-                slot.gone.store(true, Ordering::Release);
-                return; // the faulting access re-executes on the 0xFF page
+    let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
+    // Only a fault the kernel raised (not `kill`) names an address.
+    if code == libc::BUS_ADRERR || code == libc::BUS_OBJERR {
+        for slot in &SLOTS {
+            let (start, len) = unpack_range(slot.range.load(Ordering::Acquire));
+            if start != 0 && addr >= start && addr < start + len {
+                // SAFETY: the slot names a live BAR mapping, start and length from one load (a
+                // slot is cleared before its munmap), accessed only through raw pointers.
+                if unsafe { replace_with_ones(start, len) } {
+                    slot.gone.store(true, Ordering::Release);
+                    // SAFETY: as above.
+                    unsafe { *libc::__errno_location() = errno };
+                    return; // the faulting access re-executes on the 0xFF page
+                }
+                break;
             }
-            break;
         }
     }
     // Not ours: chain to whatever was there before.
@@ -135,13 +182,23 @@ extern "C" fn sigbus_handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: 
     let prev = unsafe { &*PREV.0.get() };
     let h = prev.sa_sigaction;
     if h == libc::SIG_DFL || h == libc::SIG_IGN {
-        // Restore the default action and return: the access faults again and the process dies
-        // with SIGBUS as it would have without us (ignoring a fault SIGBUS would spin forever).
+        if code <= 0 && h == libc::SIG_IGN {
+            // A SIGBUS sent by a process, which was ignored before us: ignore it.
+            return;
+        }
+        // Restore the default action and die of SIGBUS as without us: a fault does when its
+        // access re-executes (ignoring a fault SIGBUS would spin forever); a sent signal is
+        // raised again.
         // SAFETY: an all-zero sigaction is SIG_DFL.
         let mut dfl: libc::sigaction = unsafe { std::mem::zeroed() };
         dfl.sa_sigaction = libc::SIG_DFL;
-        // SAFETY: valid sigaction pointer; sigaction is async-signal-safe.
-        unsafe { libc::sigaction(libc::SIGBUS, &dfl, ptr::null_mut()) };
+        // SAFETY: valid sigaction pointer; sigaction and raise are async-signal-safe.
+        unsafe {
+            libc::sigaction(libc::SIGBUS, &dfl, ptr::null_mut());
+            if code <= 0 {
+                libc::raise(libc::SIGBUS);
+            }
+        }
     } else if prev.sa_flags & libc::SA_SIGINFO != 0 {
         // SAFETY: the previous handler was installed with SA_SIGINFO, so it has this signature.
         let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
@@ -211,7 +268,7 @@ impl Bar {
         let _g = REGISTER.lock().unwrap_or_else(|e| e.into_inner());
         let Some(slot) = SLOTS
             .iter()
-            .position(|s| s.start.load(Ordering::Relaxed) == 0)
+            .position(|s| s.range.load(Ordering::Relaxed) == 0)
         else {
             // SAFETY: unmapping the mapping made above, which nothing else knows of.
             unsafe { libc::munmap(p, len) };
@@ -221,8 +278,9 @@ impl Bar {
             ));
         };
         SLOTS[slot].gone.store(false, Ordering::Relaxed);
-        SLOTS[slot].len.store(len, Ordering::Release);
-        SLOTS[slot].start.store(p as usize, Ordering::Release);
+        SLOTS[slot]
+            .range
+            .store(pack_range(p as usize, len), Ordering::Release);
         Ok(Bar {
             ptr: p.cast(),
             len,
@@ -304,8 +362,7 @@ impl Drop for Bar {
         {
             let _g = REGISTER.lock().unwrap_or_else(|e| e.into_inner());
             // Unregister first, so the handler never remaps a range we are about to give back.
-            SLOTS[self.slot].start.store(0, Ordering::Release);
-            SLOTS[self.slot].len.store(0, Ordering::Release);
+            SLOTS[self.slot].range.store(0, Ordering::Release);
         }
         // SAFETY: exactly the mapping made in `map` (or its anonymous replacement, same range);
         // `&mut self` means no access is in progress through this Bar.
@@ -363,6 +420,51 @@ mod tests {
         assert_eq!(bar.read32(0), u32::MAX);
         drop(bar);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_detach_under_a_reading_thread_shows_it_the_bar_or_all_ones_never_zeroes() {
+        // Arrange: an 8 MiB BAR whose last dword holds 7 (filled last by a replacement that
+        // fills in place), read in a loop by another thread.
+        const LEN: usize = 8 << 20;
+        let dir = std::env::temp_dir().join(format!("vfnvme-mmio-r-{}", std::process::id()));
+        let f = bar_file(&dir, LEN as u64);
+        let bar = Bar::map(f.as_fd(), 0, LEN).unwrap();
+        bar.write32(LEN - 4, 7);
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let mut seen_ones = false;
+                while !stop.load(Ordering::Acquire) || !seen_ones {
+                    match bar.read32(LEN - 4) {
+                        7 => {}
+                        u32::MAX => seen_ones = true,
+                        v => panic!("read {v:#x} while the BAR was being replaced"),
+                    }
+                }
+            });
+            // Act
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            bar.detach().unwrap();
+            stop.store(true, Ordering::Release);
+            reader.join().unwrap();
+        });
+        // Assert (in the reader): only 7, then all-ones.
+        assert!(bar.is_gone());
+        drop(bar);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_slot_keeps_start_and_length_in_one_word() {
+        for (start, len) in [
+            (0x7f12_3456_7000usize, 16 << 10),
+            (0x1000, 4096),
+            (0x5000, 5000),
+        ] {
+            let (s, l) = unpack_range(pack_range(start, len));
+            assert_eq!((s, l), (start, len.div_ceil(4096) * 4096));
+        }
     }
 
     #[test]
