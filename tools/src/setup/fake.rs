@@ -156,7 +156,8 @@ fn kernel(host: &Host, path: &Path, value: &str) {
             .driver_override(bdf)
             .unwrap_or_else(|| "nvme".to_string());
         let dd = host.driver_dir(&drv);
-        if dd.exists() {
+        // A driver directory holding `refuse` stands for a driver whose probe fails.
+        if dd.exists() && !dd.join("refuse").exists() {
             symlink(dd, dev.join("driver")).unwrap();
         }
     } else if name == "nr_hugepages" {
@@ -478,16 +479,166 @@ mod tests {
     }
 
     #[test]
-    fn reset_without_state_gives_back_overridden_controllers() {
+    fn reset_without_a_record_changes_nothing() {
+        // Hugepages reserved by others (the kernel command line, a VM) and a controller that
+        // something else put on vfio-pci are not this tool's to undo.
         let f = machine("reset-nostate");
         let h = f.host();
         std::fs::write(f.root.join("proc/sys/vm/nr_hugepages"), "16\n").unwrap();
         assert_eq!(bind::reset(&h).unwrap(), 0);
         assert_eq!(
             h.paths.driver_of(b("0000:02:00.0")).as_deref(),
+            Some("vfio-pci")
+        );
+        assert_eq!(f.read("proc/sys/vm/nr_hugepages").trim(), "16");
+        assert!(f.journal().is_empty(), "{:?}", f.journal());
+        // A second reset after a real one (which removes the record) is the same.
+        hugepages::reserve(&h, 32, None).unwrap();
+        assert_eq!(bind::reset(&h).unwrap(), 0);
+        assert_eq!(f.read("proc/sys/vm/nr_hugepages").trim(), "16");
+        assert_eq!(bind::reset(&h).unwrap(), 0);
+        assert_eq!(f.read("proc/sys/vm/nr_hugepages").trim(), "16");
+    }
+
+    #[test]
+    fn hugepage_reset_restores_the_whole_picture_whatever_the_order_of_changes() {
+        // A node change first, then a machine-wide one: both originals come back.
+        let f = machine("huge-order");
+        let h = f.host();
+        let node0 = "sys/devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages";
+        std::fs::write(f.root.join("proc/sys/vm/nr_hugepages"), "6\n").unwrap();
+        std::fs::write(f.root.join(node0), "6\n").unwrap();
+        hugepages::reserve(&h, 20, Some(0)).unwrap();
+        hugepages::reserve(&h, 50, None).unwrap();
+        let st = State::load(&h).unwrap().unwrap();
+        assert_eq!(
+            st.hugepages_total,
+            Some(6),
+            "the machine-wide count before any change"
+        );
+        assert_eq!(st.hugepages_nodes[&0], 6);
+        assert_eq!(bind::reset(&h).unwrap(), 0);
+        assert_eq!(f.read("proc/sys/vm/nr_hugepages").trim(), "6");
+        assert_eq!(f.read(node0).trim(), "6");
+        // The machine-wide count is put back before the nodes (a node's count moves the total).
+        let j = f.journal();
+        let total_at = j
+            .iter()
+            .rposition(|l| l == "proc/sys/vm/nr_hugepages 6")
+            .expect("machine-wide count restored");
+        let node_at = j
+            .iter()
+            .rposition(|l| *l == format!("{node0} 6"))
+            .expect("node count restored");
+        assert!(total_at < node_at, "{j:?}");
+    }
+
+    #[test]
+    fn unbind_never_unbinds_nvme_from_a_controller_already_on_it() {
+        // 01:00.0 is on nvme with a mounted disk, and a stray override (a bind that failed
+        // half-way): only the override is cleared; writing to nvme's unbind would hot-remove the
+        // mounted disk.
+        let f = machine("stray-override");
+        let h = f.host();
+        std::fs::write(f.dev("0000:01:00.0").join("driver_override"), "vfio-pci\n").unwrap();
+        let o = bind::unbind(&h, b("0000:01:00.0"), false).unwrap();
+        assert_eq!(o, Outcome::Already("nvme".into()));
+        assert_eq!(
+            f.journal(),
+            ["sys/bus/pci/devices/0000:01:00.0/driver_override "]
+        );
+        assert_eq!(h.driver_override(b("0000:01:00.0")), None);
+        assert_eq!(
+            h.paths.driver_of(b("0000:01:00.0")).as_deref(),
             Some("nvme")
         );
-        assert_eq!(f.read("proc/sys/vm/nr_hugepages").trim(), "0");
-        assert!(!h.state_file().exists());
+    }
+
+    #[test]
+    fn unbind_without_arguments_gives_back_only_what_this_tool_bound() {
+        // 02:00.0 was put on vfio-pci by something else (a VM); 03:00.0 by this tool.
+        let f = machine("unbind-default");
+        let h = f.host();
+        assert_eq!(bind::unbind_many(&h, &[], false).unwrap(), 0);
+        assert!(f.journal().is_empty(), "{:?}", f.journal());
+        bind::bind(&h, b("0000:03:00.0"), false).unwrap();
+        assert_eq!(bind::unbind_many(&h, &[], false).unwrap(), 0);
+        assert_eq!(
+            h.paths.driver_of(b("0000:03:00.0")).as_deref(),
+            Some("nvme")
+        );
+        assert_eq!(
+            h.paths.driver_of(b("0000:02:00.0")).as_deref(),
+            Some("vfio-pci"),
+            "not bound by this tool: left alone"
+        );
+        // Named, it is given back.
+        bind::unbind_many(&h, &[b("0000:02:00.0")], false).unwrap();
+        assert_eq!(
+            h.paths.driver_of(b("0000:02:00.0")).as_deref(),
+            Some("nvme")
+        );
+    }
+
+    #[test]
+    fn a_bind_that_vfio_pci_refuses_gives_the_controller_back() {
+        let f = machine("bind-refused");
+        let mut h = f.host();
+        h.bind_timeout = std::time::Duration::from_millis(50);
+        std::fs::write(f.root.join("sys/bus/pci/drivers/vfio-pci/refuse"), "").unwrap();
+        let e = bind::bind(&h, b("0000:03:00.0"), false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("vfio-pci did not bind") && e.contains("back on nvme"),
+            "{e}"
+        );
+        assert_eq!(
+            h.paths.driver_of(b("0000:03:00.0")).as_deref(),
+            Some("nvme")
+        );
+        assert_eq!(h.driver_override(b("0000:03:00.0")), None);
+        assert!(State::load(&h)
+            .unwrap()
+            .is_none_or(|s| !s.devices.contains_key("0000:03:00.0")));
+    }
+
+    #[test]
+    fn an_unbind_that_nvme_refuses_keeps_the_record() {
+        let f = machine("unbind-refused");
+        let mut h = f.host();
+        h.bind_timeout = std::time::Duration::from_millis(50);
+        bind::bind(&h, b("0000:03:00.0"), false).unwrap();
+        std::fs::write(f.root.join("sys/bus/pci/drivers/nvme/refuse"), "").unwrap();
+        let e = bind::unbind(&h, b("0000:03:00.0"), false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("did not bind") && e.contains("retries"), "{e}");
+        let st = State::load(&h).unwrap().unwrap();
+        assert!(
+            st.devices.contains_key("0000:03:00.0"),
+            "reset still knows it"
+        );
+        std::fs::remove_file(f.root.join("sys/bus/pci/drivers/nvme/refuse")).unwrap();
+        assert_eq!(bind::reset(&h).unwrap(), 0);
+        assert_eq!(
+            h.paths.driver_of(b("0000:03:00.0")).as_deref(),
+            Some("nvme")
+        );
+    }
+
+    #[test]
+    fn reset_leaves_a_controller_that_had_no_driver_without_one() {
+        let f = machine("no-driver");
+        let h = f.host();
+        std::fs::remove_file(f.dev("0000:03:00.0").join("driver")).unwrap();
+        bind::bind(&h, b("0000:03:00.0"), false).unwrap();
+        assert_eq!(
+            h.paths.driver_of(b("0000:03:00.0")).as_deref(),
+            Some("vfio-pci")
+        );
+        assert_eq!(bind::reset(&h).unwrap(), 0);
+        assert_eq!(h.paths.driver_of(b("0000:03:00.0")), None);
+        assert_eq!(h.driver_override(b("0000:03:00.0")), None);
     }
 }

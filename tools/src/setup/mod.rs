@@ -80,7 +80,8 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Give controllers back to the kernel nvme driver (default: every one on vfio-pci).
+    /// Give controllers back to the kernel nvme driver (default: every one this tool bound;
+    /// others on vfio-pci, a VM's say, are listed and left alone).
     Unbind {
         /// PCI addresses.
         bdfs: Vec<Bdf>,
@@ -96,7 +97,8 @@ pub enum Command {
         #[arg(long)]
         node: Option<u32>,
     },
-    /// Undo: controllers this tool bound go back to nvme, hugepages back to what they were (or 0).
+    /// Undo what this tool recorded: hugepages back to what they were, controllers back to the
+    /// driver they had. With no record, nothing changes.
     Reset,
 }
 
