@@ -51,6 +51,20 @@ fn number_of_ios_bounds_the_run() {
 }
 
 #[test]
+fn number_of_ios_counts_from_the_end_of_warm_up() {
+    // What warm-up leaves in flight completes while measuring and counts against -d.
+    let o = perf(&["-d", "1000", "-q", "32", "-a", "0.2", "--json"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("stdout is JSON");
+    let total = v["total"]["ios"].as_u64().unwrap();
+    assert_eq!(
+        total, 1000,
+        "the I/Os in flight at the end of warm-up came on top"
+    );
+}
+
+#[test]
 fn json_report_parses() {
     let o = perf(&["-t", "1", "--json", "-w", "read", "-o", "8k"]);
     let (out, err) = text(&o);

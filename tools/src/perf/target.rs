@@ -133,21 +133,46 @@ pub fn parse_target(s: &str) -> Result<TargetSpec, String> {
     if lower == "sim" || lower.starts_with("sim:") {
         return parse_sim(t.get(4..).unwrap_or("")).map(TargetSpec::Sim);
     }
-    if lower.contains("trtype:") || lower.contains("traddr:") {
+    if ["trtype:", "traddr:", "trtype=", "traddr="]
+        .iter()
+        .any(|k| lower.contains(k))
+    {
         let mut trtype = None;
         let mut traddr = None;
         for kv in t.split_whitespace() {
-            let (k, v) = kv.split_once(':').ok_or_else(|| {
-                format!(
-                    "target {s:?}: {kv:?} is not key:value (e.g. trtype:PCIe traddr:0000:01:00.0)"
-                )
-            })?;
+            // SPDK takes `key:value` and `key=value`; the value of traddr holds colons itself.
+            let (k, v) = match (kv.split_once(':'), kv.split_once('=')) {
+                (Some((k1, v1)), Some((k2, v2))) => {
+                    if k1.len() < k2.len() {
+                        (k1, v1)
+                    } else {
+                        (k2, v2)
+                    }
+                }
+                (Some(p), None) | (None, Some(p)) => p,
+                (None, None) => {
+                    return Err(format!(
+                        "target {s:?}: {kv:?} is not key:value (e.g. trtype:PCIe \
+                         traddr:0000:01:00.0)"
+                    ))
+                }
+            };
             match k.to_ascii_lowercase().as_str() {
                 "trtype" => trtype = Some(v.to_string()),
                 "traddr" => traddr = Some(v.to_string()),
+                "ns" if v.trim() == NSID.to_string() => {}
+                "ns" => {
+                    return Err(format!(
+                        "target {s:?}: ns:{v}: vfnvme-perf benchmarks namespace {NSID} of each \
+                         controller; other namespaces are not supported yet"
+                    ))
+                }
+                // The host NQN matters to fabrics only.
+                "hostnqn" => {}
                 other => {
                     return Err(format!(
-                        "target {s:?}: key {other:?} is not supported (only trtype and traddr)"
+                        "target {s:?}: key {other:?} is not supported (trtype, traddr, ns, \
+                         hostnqn)"
                     ))
                 }
             }
@@ -492,6 +517,24 @@ mod tests {
             parse_target("0000:02:00.0").unwrap(),
             TargetSpec::Pcie("0000:02:00.0".into())
         );
+        // SPDK's other spellings: `=` for `:`, and the namespace and host NQN keys.
+        for form in [
+            "trtype=PCIe traddr=0000:01:00.0",
+            "trtype:pcie traddr=0000:01:00.0 ns:1",
+            "trtype:PCIe traddr:0000:01:00.0 ns=1 hostnqn:nqn.2014-08.org.example:host",
+        ] {
+            assert_eq!(
+                parse_target(form).unwrap(),
+                TargetSpec::Pcie("0000:01:00.0".into()),
+                "{form}"
+            );
+        }
+        assert!(parse_target("trtype:PCIe traddr:0000:01:00.0 ns:2")
+            .unwrap_err()
+            .contains("not supported yet"));
+        assert!(parse_target("trtype:PCIe traddr:0000:01:00.0 subnqn:x")
+            .unwrap_err()
+            .contains("\"subnqn\" is not supported"));
         assert!(parse_target("trtype:RDMA traddr:1.2.3.4")
             .unwrap_err()
             .contains("only PCIe"));

@@ -868,7 +868,10 @@ fn run_loop(
         if !measuring && !readback && now >= warmup {
             measuring = true;
             measure_start = now;
-            budget = full_budget;
+            // What warm-up left in flight completes while measuring, and is counted: it comes
+            // out of the budget, so that `-d N` measures N I/Os.
+            let in_flight: u64 = ctxs.iter().map(|c| c.in_flight as u64).sum();
+            budget = full_budget.saturating_sub(in_flight);
             for c in ctxs.iter_mut() {
                 c.stats.reset();
             }
