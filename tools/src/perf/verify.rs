@@ -5,9 +5,14 @@
 //! | bytes  | field                                                          |
 //! |--------|----------------------------------------------------------------|
 //! | 0..8   | LBA of the block (little endian)                               |
-//! | 8..16  | generation: how many times the benchmark wrote this I/O unit   |
+//! | 8..16  | generation: this run's tag (high 32 bits) and how many times   |
+//! |        | the run wrote this I/O unit (low 32 bits)                      |
 //! | 16..24 | checksum over LBA, generation and the payload (FNV-1a on words)|
 //! | 24..   | payload: wyrand words seeded from (LBA, generation)            |
+//!
+//! The run tag is random per run, so that a block left on a real disk by an earlier run, whose
+//! bytes would match this run's for the same LBA and count, is not taken for this run's write
+//! (a lost write would pass unseen).
 //!
 //! A read checks, in this order: the LBA (a misdirected read or write), the generation (a lost or
 //! stale write), and the checksum (corruption). [`VerifyState`] keeps the generation each I/O
@@ -169,6 +174,8 @@ pub const MAX_EXAMPLES: usize = 8;
 /// range, and the mismatch counters. Allocated once, at setup.
 #[derive(Debug)]
 pub struct VerifyState {
+    /// This run's tag, or-ed into every generation written and expected.
+    pub run: u64,
     /// Expected generation per unit; 0 = contents unknown (never written, or a write failed).
     pub gen: Vec<u32>,
     /// An I/O is in flight on the unit (no second one is issued to it).
@@ -185,10 +192,30 @@ pub struct VerifyState {
     pub examples: Vec<Mismatch>,
 }
 
+/// This run's tag: random high 32 bits (from the clock and the process id), low 32 bits clear.
+fn run_tag() -> u64 {
+    static TAG: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TAG.get_or_init(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let tag = mix(t ^ (u64::from(std::process::id()) << 40)) & !0xffff_ffff;
+        // Never 0: a zeroed block must not look like this run's.
+        tag.max(1 << 32)
+    })
+}
+
 impl VerifyState {
-    /// State for `units` I/O units of `io_size` bytes in blocks of `lba_size` bytes.
+    /// State for `units` I/O units of `io_size` bytes in blocks of `lba_size` bytes, with this
+    /// run's tag.
     pub fn new(units: usize, io_size: usize, lba_size: usize) -> VerifyState {
+        VerifyState::with_run(units, io_size, lba_size, run_tag())
+    }
+
+    /// [`VerifyState::new`] with a given run tag (high 32 bits; for tests).
+    pub fn with_run(units: usize, io_size: usize, lba_size: usize, run: u64) -> VerifyState {
         VerifyState {
+            run,
             gen: vec![0; units],
             busy: vec![false; units],
             lba_size,
@@ -208,6 +235,7 @@ impl VerifyState {
     #[inline]
     pub fn stamp(&mut self, lba: u64, gen: u64) {
         let bs = self.lba_size;
+        let gen = self.run | gen;
         for (i, b) in self.scratch.chunks_exact_mut(bs).enumerate() {
             stamp_block(b, lba + i as u64, gen);
         }
@@ -218,6 +246,7 @@ impl VerifyState {
     #[inline]
     pub fn check(&mut self, lba: u64, gen: u64) -> u64 {
         let bs = self.lba_size;
+        let gen = self.run | gen;
         let mut bad = 0;
         for (i, b) in self.scratch.chunks_exact(bs).enumerate() {
             self.blocks_checked += 1;
@@ -261,6 +290,27 @@ mod tests {
             stamp_block(&mut c, 77, 3);
             assert_eq!(b, c);
         }
+    }
+
+    #[test]
+    fn a_block_left_by_an_earlier_run_is_stale_not_this_runs() {
+        // Two runs with different tags write the same unit the same number of times: the first
+        // run's block must not pass for the second's (a lost write would go unseen).
+        let (lba, io) = (40u64, 1024usize);
+        let mut earlier = VerifyState::with_run(1, io, 512, 7 << 32);
+        earlier.stamp(lba, 1);
+        let mut now = VerifyState::with_run(1, io, 512, 9 << 32);
+        now.scratch.copy_from_slice(&earlier.scratch);
+        assert_eq!(now.check(lba, 1), 2, "both blocks of the unit are stale");
+        assert!(now
+            .examples
+            .iter()
+            .all(|m| matches!(m.kind, MismatchKind::StaleGen { .. })));
+        // Its own write checks.
+        now.stamp(lba, 1);
+        assert_eq!(now.check(lba, 1), 0);
+        assert_ne!(run_tag() & !0xffff_ffff, 0);
+        assert_eq!(run_tag() & 0xffff_ffff, 0);
     }
 
     #[test]
