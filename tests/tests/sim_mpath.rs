@@ -243,6 +243,15 @@ fn seeded_stress_of_mixed_failures() {
             injected += 1;
             if injected % 50 == 0 {
                 pause(5);
+                // Paced by the workers too: on a loaded machine they can fall hundreds of
+                // failures behind, and a command left alone at the end of a phase then draws
+                // every one still queued on its path (past its retry budget). A bounded backlog
+                // keeps each failure landing on commands in flight (the read- and write-only
+                // rules wait for their phase, hence the deadline).
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while injected - fired(w) > 100 && Instant::now() < deadline {
+                    pause(1);
+                }
             }
         }
         // Let every injected failure land on a command (the read- and write-only rules wait
