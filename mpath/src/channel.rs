@@ -382,6 +382,11 @@ pub struct Channel {
     /// One queue pair per path, boxed so that `poll` can take one out while it delivers (moving
     /// a pointer, not the queue pair).
     qps: Vec<Option<Box<QueuePair<Cmd>>>>,
+    /// Replacement queue pairs of re-attached paths, by path, taken once the old queue pair on
+    /// that path has delivered everything it held. Meanwhile the path is `Waiting`.
+    spare: Vec<Option<Box<QueuePair<Cmd>>>>,
+    /// Some path has a replacement in `spare`: each poll tries to take it.
+    replacing: bool,
     params: Vec<PathParams>,
     status: Vec<PathStatus>,
     in_flight: Vec<usize>,
@@ -477,6 +482,8 @@ impl Channel {
         let mut ch = Channel {
             ns: ns.clone(),
             qps,
+            spare: (0..n).map(|_| None).collect(),
+            replacing: false,
             params,
             status: vec![PathStatus::Waiting; n],
             in_flight: vec![0; n],
@@ -538,37 +545,69 @@ impl Channel {
     /// left for re-attached paths.
     fn refresh(&mut self) {
         self.generation = self.ns.generation();
-        let mut inbox = self.inbox.lock().unwrap();
-        let arrived = std::mem::take(&mut *inbox);
-        let mut deferred = false;
+        let arrived = std::mem::take(&mut *self.inbox.lock().unwrap());
         for (i, qp) in arrived {
-            if i >= self.qps.len() {
+            if let Some(spare) = self.spare.get_mut(i) {
+                // A newer replacement supersedes one not taken yet.
+                *spare = Some(Box::new(qp));
+                self.replacing = true;
+            }
+        }
+        if self.replacing {
+            self.adopt_replacements();
+        }
+        for (i, s) in self.ns.statuses().into_iter().enumerate() {
+            let s = self.view(i, s);
+            self.set_status(i, s);
+        }
+    }
+
+    /// The channel's status for path `i` whose published status is `published`: `Waiting` while
+    /// it has no queue pair (unless gone) or while its replacement waits for the old queue pair
+    /// to deliver what it holds (commands then wait for the replacement instead of failing).
+    fn view(&self, i: usize, published: PathStatus) -> PathStatus {
+        if self.spare[i].is_some() {
+            PathStatus::Waiting
+        } else if self.qps[i].is_some() || published == PathStatus::Gone {
+            published
+        } else {
+            PathStatus::Waiting
+        }
+    }
+
+    /// Takes the replacement queue pair of every path whose old queue pair is idle (it has
+    /// delivered everything it held: dropping it earlier would lose those commands).
+    #[cold]
+    #[inline(never)]
+    fn adopt_replacements(&mut self) {
+        let mut left = false;
+        for i in 0..self.qps.len() {
+            if self.spare[i].is_none() {
                 continue;
             }
             if self.qps[i].as_ref().is_some_and(|q| !q.is_idle()) {
-                // The old queue pair still holds commands, failed when its controller went away
-                // but not delivered yet: dropping it would lose them. Take the new one once a
-                // poll has delivered them.
-                inbox.push((i, qp));
-                deferred = true;
+                left = true;
                 continue;
             }
             self.params[i] = path_params(&self.ns, i, &self.opts);
-            self.qps[i] = Some(Box::new(qp));
-        }
-        drop(inbox);
-        if deferred {
-            // Look again at the next poll or submission.
-            self.generation = u64::MAX;
-        }
-        for (i, s) in self.ns.statuses().into_iter().enumerate() {
-            let s = if self.qps[i].is_some() || s == PathStatus::Gone {
-                s
-            } else {
-                PathStatus::Waiting
-            };
+            self.qps[i] = self.spare[i].take();
+            let s = self.view(i, self.ns.path(i).status());
             self.set_status(i, s);
         }
+        self.replacing = left;
+    }
+
+    /// Path `p`'s controller is gone (a removal completion or refusal): `Gone`, unless a
+    /// replacement is waiting for its old queue pair to drain (then `Waiting`, so that what it
+    /// held waits for the replacement).
+    #[cold]
+    fn path_lost(&mut self, p: usize) {
+        let s = if self.spare[p].is_some() {
+            PathStatus::Waiting
+        } else {
+            PathStatus::Gone
+        };
+        self.set_status(p, s);
     }
 
     #[cold]
@@ -989,7 +1028,7 @@ impl Channel {
             match err {
                 SubmitError::QueueFull => break RefuseReason::Full,
                 SubmitError::NotReady { .. } => self.set_status(p, PathStatus::Waiting),
-                SubmitError::DeviceGone { .. } => self.set_status(p, PathStatus::Gone),
+                SubmitError::DeviceGone { .. } => self.path_lost(p),
                 e => break RefuseReason::Invalid(e.to_string()),
             }
         };
@@ -1056,6 +1095,11 @@ impl Channel {
             }
             self.qps[p] = Some(q);
         }
+        if self.replacing {
+            // An old queue pair may have delivered its last command just now: take its
+            // replacement before resending what it held.
+            self.adopt_replacements();
+        }
         if !self.requeue.is_empty() {
             n += self.drain_requeue(&mut f);
         }
@@ -1102,7 +1146,7 @@ impl Channel {
                 self.set_status(p, s);
             }
             Outcome::Reset => self.set_status(p, PathStatus::Waiting),
-            Outcome::Removed => self.set_status(p, PathStatus::Gone),
+            Outcome::Removed => self.path_lost(p),
             _ => {}
         }
         let now = self.now_ns();
@@ -1227,7 +1271,7 @@ impl Channel {
                     self.requeue.push(slot);
                 }
                 Err(SubmitError::DeviceGone { .. }) => {
-                    self.set_status(p, PathStatus::Gone);
+                    self.path_lost(p);
                     self.requeue.push(slot);
                 }
                 Err(e) => {

@@ -908,3 +908,97 @@ fn a_path_handed_back_before_its_failed_commands_were_delivered_loses_none() {
     assert!(c0.stats().io(NvmOpcode::READ.0) > before, "path 0 unused");
     drop(control);
 }
+
+/// `n` registered buffers for `ch`.
+fn register(w: &World, ch: &mut Channel, n: usize) -> Arc<[vfnvme_hugepages::DmaBuf]> {
+    let bufs: Arc<[vfnvme_hugepages::DmaBuf]> = (0..n)
+        .map(|_| w.pool.alloc(IO_BYTES, 4096).unwrap())
+        .collect::<Vec<_>>()
+        .into();
+    ch.register_buffers(bufs.clone()).unwrap();
+    bufs
+}
+
+/// Submits `n` registered reads (tags 0..n, buffer i for tag i), queued but not rung.
+fn submit_reads(ch: &mut Channel, n: u32) {
+    for i in 0..n {
+        let read = IoKind::Read {
+            lba: 64 + u64::from(i * IO_BLOCKS),
+            blocks: IO_BLOCKS,
+        };
+        ch.submit_fixed(read, i, u64::from(i)).unwrap();
+    }
+}
+
+/// Polls `ch` (`max` per poll, running `between` after each) until `n` commands completed or
+/// `limit` passed; returns what completed, sorted by tag.
+fn collect(
+    ch: &mut Channel,
+    n: usize,
+    max: usize,
+    limit: Duration,
+    mut between: impl FnMut(),
+) -> Vec<(u64, Result<u32, vfnvme_mpath::IoError>)> {
+    let mut done = Vec::new();
+    let start = Instant::now();
+    while done.len() < n && start.elapsed() < limit {
+        ch.poll(max, |c| done.push((c.tag, c.result.clone())));
+        between();
+    }
+    done.sort_by_key(|d| d.0);
+    done
+}
+
+#[test]
+fn a_deferred_replacement_parks_the_old_queue_pairs_failed_commands_when_no_other_path_is_left() {
+    use vfnvme_mpath::PathStatus::Gone;
+    // Arrange: path 1 is gone before the channel exists; active-passive on path 0, sixteen
+    // registered reads queued on path 0 but not rung.
+    let w = world(1);
+    let control = fast_control(&w);
+    w.sim.controller(1).faults().surprise_remove();
+    until("path 1 gone", || w.ns.path(1).status() == Gone);
+    let mut ch = Channel::new(
+        &w.ns,
+        ChannelOptions {
+            policy: Policy::ActivePassive {
+                preferred: 0,
+                failback: true,
+            },
+            ..chan_opts()
+        },
+    )
+    .unwrap();
+    register(&w, &mut ch, 16);
+    submit_reads(&mut ch, 16);
+    assert_eq!(ch.in_flight_per_path(), vec![16, 0]);
+    // Act: port 0 goes away and comes back as a new controller before the channel polls, so the
+    // replacement queue pair waits in the inbox while the old one delivers its sixteen failures
+    // one poll at a time.
+    let c0 = w.sim.controller(0);
+    c0.faults().surprise_remove();
+    until("path 0 gone", || w.ns.path(0).status() == Gone);
+    c0.faults().restore();
+    let ctrl = Controller::open(c0.clone(), w.pool.clone(), ControllerOptions::default()).unwrap();
+    w.ns.reattach(0, ctrl).unwrap();
+    let mut early = Vec::new();
+    let start = Instant::now();
+    while ch.stats().failovers < 16 && start.elapsed() < Duration::from_secs(20) {
+        ch.poll(1, |c| early.push((c.tag, c.result.clone())));
+    }
+    // Assert: none completed while the old queue pair drained, and the poll that delivered its
+    // last failure took the replacement and resent all sixteen on it.
+    assert_eq!(early, vec![], "completed while the old queue pair drained");
+    assert_eq!(
+        ch.in_flight_per_path(),
+        vec![16, 0],
+        "resent on the replacement at once"
+    );
+    let done = collect(&mut ch, 16, 1, Duration::from_secs(20), || {});
+    // Each completed once, successfully.
+    assert_eq!(done, (0..16).map(|t| (t, Ok(0))).collect::<Vec<_>>());
+    assert_eq!(ch.stats().no_path, 0);
+    assert_eq!(ch.outstanding(), 0);
+    assert_eq!(ch.in_flight_per_path(), vec![0, 0]);
+    drop(control);
+}
