@@ -597,6 +597,17 @@ impl Channel {
         self.replacing = left;
     }
 
+    /// Path `p` refused a command as not ready (its controller resetting, or its queues not yet
+    /// re-created): `Waiting` until the control plane publishes that it is back, which it does
+    /// only after it is. A queue pair that is ready again by now (it may have become so just
+    /// after refusing, its publication already seen) keeps the path's status.
+    #[cold]
+    fn not_ready(&mut self, p: usize) {
+        if !self.qps[p].as_ref().is_some_and(|q| q.is_ready()) {
+            self.set_status(p, PathStatus::Waiting);
+        }
+    }
+
     /// Path `p`'s controller is gone (a removal completion or refusal): `Gone`, unless a
     /// replacement is waiting for its old queue pair to drain (then `Waiting`, so that what it
     /// held waits for the replacement).
@@ -1027,7 +1038,7 @@ impl Channel {
             };
             match err {
                 SubmitError::QueueFull => break RefuseReason::Full,
-                SubmitError::NotReady { .. } => self.set_status(p, PathStatus::Waiting),
+                SubmitError::NotReady { .. } => self.not_ready(p),
                 SubmitError::DeviceGone { .. } => self.path_lost(p),
                 e => break RefuseReason::Invalid(e.to_string()),
             }
@@ -1145,7 +1156,10 @@ impl Channel {
                 };
                 self.set_status(p, s);
             }
-            Outcome::Reset => self.set_status(p, PathStatus::Waiting),
+            // A reset says nothing about now: the path may be back already, and the publication
+            // that said so consumed by an earlier refresh (nothing would publish again). If it is
+            // not back, resending finds out (a NotReady refusal marks it Waiting).
+            Outcome::Reset => {}
             Outcome::Removed => self.path_lost(p),
             _ => {}
         }
@@ -1267,7 +1281,7 @@ impl Channel {
                     self.requeue.push(slot);
                 }
                 Err(SubmitError::NotReady { .. }) => {
-                    self.set_status(p, PathStatus::Waiting);
+                    self.not_ready(p);
                     self.requeue.push(slot);
                 }
                 Err(SubmitError::DeviceGone { .. }) => {

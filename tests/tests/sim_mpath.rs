@@ -1002,3 +1002,42 @@ fn a_deferred_replacement_parks_the_old_queue_pairs_failed_commands_when_no_othe
     assert_eq!(ch.in_flight_per_path(), vec![0, 0]);
     drop(control);
 }
+
+#[test]
+fn a_reset_completion_delivered_after_the_recovery_was_published_does_not_hold_the_path_back() {
+    use vfnvme_mpath::PathStatus::Gone;
+    // Arrange: a control plane stepped by hand; path 1 gone; four registered reads queued on
+    // path 0 but not rung; the fast-fail time is short.
+    let w = world(1);
+    let mut cp = MpathControl::new(std::slice::from_ref(&w.ns), ReconnectOptions::default());
+    w.sim.controller(1).faults().surprise_remove();
+    for _ in 0..10 {
+        cp.step();
+    }
+    assert_eq!(w.ns.path(1).status(), Gone);
+    let mut ch = Channel::new(
+        &w.ns,
+        ChannelOptions {
+            fast_fail_ms: 300,
+            ..chan_opts()
+        },
+    )
+    .unwrap();
+    register(&w, &mut ch, 4);
+    submit_reads(&mut ch, 4);
+    // Act: path 0 resets under the four; the channel takes one Reset completion, then the control
+    // plane re-creates the queues and publishes that the path is back, and the channel takes the
+    // other three Reset completions after that publication.
+    w.ns.path(0).ctrl.reset().unwrap();
+    let mut first = Vec::new();
+    ch.poll(1, |c| first.push((c.tag, c.result.clone())));
+    cp.step();
+    let mut done = collect(&mut ch, 4 - first.len(), 1, Duration::from_secs(2), || {
+        cp.step();
+    });
+    done.extend(first);
+    done.sort_by_key(|d| d.0);
+    // Assert: all four were resent on path 0 and succeeded.
+    assert_eq!(done, (0..4).map(|t| (t, Ok(0))).collect::<Vec<_>>());
+    assert_eq!(ch.stats().no_path, 0);
+}
