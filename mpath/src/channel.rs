@@ -31,7 +31,7 @@ use vfnvme_hugepages::DmaBuf;
 
 use crate::desc::{IoDesc, IoKind};
 use crate::disposition::{dispose, Disposition};
-use crate::path::PathStatus;
+use crate::path::{PathInfo, PathStatus};
 use crate::policy::{Policy, Selector};
 use crate::requeue::RequeueRing;
 use crate::subsystem::{Inbox, MpNamespace};
@@ -376,15 +376,22 @@ impl Entry {
     }
 }
 
+/// A replacement queue pair waiting to be taken, with the path it was made on.
+type Spare = (Arc<PathInfo>, Box<QueuePair<Cmd>>);
+
 /// A per-core handle on a multipath namespace. `Send`, not `Sync`.
 pub struct Channel {
     ns: Arc<MpNamespace>,
     /// One queue pair per path, boxed so that `poll` can take one out while it delivers (moving
     /// a pointer, not the queue pair).
     qps: Vec<Option<Box<QueuePair<Cmd>>>>,
-    /// Replacement queue pairs of re-attached paths, by path, taken once the old queue pair on
-    /// that path has delivered everything it held. Meanwhile the path is `Waiting`.
-    spare: Vec<Option<Box<QueuePair<Cmd>>>>,
+    /// The path (controller) each queue pair was made on, by path. A path re-attached since is
+    /// `Waiting` until its replacement queue pair is taken.
+    origin: Vec<Option<Arc<PathInfo>>>,
+    /// Replacement queue pairs of re-attached paths, with the path they were made on, by path;
+    /// taken once the old queue pair on that path has delivered everything it held. Meanwhile
+    /// the path is `Waiting`.
+    spare: Vec<Option<Spare>>,
     /// Some path has a replacement in `spare`: each poll tries to take it.
     replacing: bool,
     params: Vec<PathParams>,
@@ -434,8 +441,10 @@ struct PathParams {
     anatt_ns: u64,
 }
 
-fn path_params(ns: &MpNamespace, i: usize, opts: &ChannelOptions) -> PathParams {
-    let p = ns.path(i);
+/// The parameters of `path` (the one a queue pair was made on, never a path that replaced it
+/// since) for namespace `ns`.
+fn path_params(ns: &MpNamespace, path: &PathInfo, opts: &ChannelOptions) -> PathParams {
+    let p = path;
     let id = p.ctrl.identify();
     let cqt = match id.cqt_ms() {
         0 => opts.default_cqt_ms,
@@ -456,18 +465,28 @@ impl Channel {
     /// # Errors
     /// A controller error when no path could give a queue pair.
     pub fn new(ns: &Arc<MpNamespace>, opts: ChannelOptions) -> Result<Channel, crate::Error> {
-        let n = ns.path_count();
+        // The inbox first: a path re-attached from now on leaves this channel a queue pair, and
+        // one re-attached before is seen below as its new controller.
+        let inbox: Inbox = Arc::new(Mutex::new(Vec::new()));
+        ns.register_inbox(&inbox, opts.queue);
+        let paths = ns.paths();
+        let n = paths.len();
         let mut qps = Vec::with_capacity(n);
+        let mut origin = Vec::with_capacity(n);
         let mut params = Vec::with_capacity(n);
         let mut last_err = None;
-        for i in 0..n {
-            params.push(path_params(ns, i, &opts));
-            match ns.path(i).ctrl.io_queue_pair_with(opts.queue) {
-                Ok(qp) => qps.push(Some(Box::new(qp))),
+        for (i, path) in paths.iter().enumerate() {
+            params.push(path_params(ns, path, &opts));
+            match path.ctrl.io_queue_pair_with(opts.queue) {
+                Ok(qp) => {
+                    qps.push(Some(Box::new(qp)));
+                    origin.push(Some(path.clone()));
+                }
                 Err(e) => {
                     log::warn!("channel: no queue pair on path {i}: {e}");
                     last_err = Some(e);
                     qps.push(None);
+                    origin.push(None);
                 }
             }
         }
@@ -476,12 +495,11 @@ impl Channel {
                 return Err(e.into());
             }
         }
-        let inbox: Inbox = Arc::new(Mutex::new(Vec::new()));
-        ns.register_inbox(&inbox, opts.queue);
         let slots = opts.slots.max(1);
         let mut ch = Channel {
             ns: ns.clone(),
             qps,
+            origin,
             spare: (0..n).map(|_| None).collect(),
             replacing: false,
             params,
@@ -546,32 +564,44 @@ impl Channel {
     fn refresh(&mut self) {
         self.generation = self.ns.generation();
         let arrived = std::mem::take(&mut *self.inbox.lock().unwrap());
-        for (i, qp) in arrived {
+        for (i, path, qp) in arrived {
             if let Some(spare) = self.spare.get_mut(i) {
                 // A newer replacement supersedes one not taken yet.
-                *spare = Some(Box::new(qp));
+                *spare = Some((path, Box::new(qp)));
                 self.replacing = true;
             }
         }
         if self.replacing {
             self.adopt_replacements();
         }
-        for (i, s) in self.ns.statuses().into_iter().enumerate() {
-            let s = self.view(i, s);
+        for (i, path) in self.ns.paths().iter().enumerate() {
+            let s = self.view(i, path);
             self.set_status(i, s);
         }
     }
 
-    /// The channel's status for path `i` whose published status is `published`: `Waiting` while
-    /// it has no queue pair (unless gone) or while its replacement waits for the old queue pair
-    /// to deliver what it holds (commands then wait for the replacement instead of failing).
-    fn view(&self, i: usize, published: PathStatus) -> PathStatus {
+    /// The channel's status for path `i`, whose current (published) path is `current`: its
+    /// published status if this channel's queue pair on it was made on `current`; else
+    /// `Waiting` — while the path is re-attached and its replacement queue pair is on its way or
+    /// waits for the old one to deliver what it holds (commands then wait for the replacement
+    /// instead of failing), or while the channel has no queue pair on it (unless it is gone).
+    fn view(&self, i: usize, current: &Arc<PathInfo>) -> PathStatus {
         if self.spare[i].is_some() {
-            PathStatus::Waiting
-        } else if self.qps[i].is_some() || published == PathStatus::Gone {
-            published
-        } else {
-            PathStatus::Waiting
+            return PathStatus::Waiting;
+        }
+        match &self.origin[i] {
+            Some(o) if Arc::ptr_eq(o, current) => current.status(),
+            Some(_) => PathStatus::Waiting,
+            None if current.status() == PathStatus::Gone => PathStatus::Gone,
+            None => PathStatus::Waiting,
+        }
+    }
+
+    /// The path that this channel's queue pair `p` was made on (the one that answers on it).
+    fn origin(&self, p: usize) -> Arc<PathInfo> {
+        match &self.origin[p] {
+            Some(o) => o.clone(),
+            None => self.ns.path(p),
         }
     }
 
@@ -589,9 +619,11 @@ impl Channel {
                 left = true;
                 continue;
             }
-            self.params[i] = path_params(&self.ns, i, &self.opts);
-            self.qps[i] = self.spare[i].take();
-            let s = self.view(i, self.ns.path(i).status());
+            let (path, qp) = self.spare[i].take().expect("checked above");
+            self.params[i] = path_params(&self.ns, &path, &self.opts);
+            self.qps[i] = Some(qp);
+            self.origin[i] = Some(path);
+            let s = self.view(i, &self.ns.path(i));
             self.set_status(i, s);
         }
         self.replacing = left;
@@ -608,12 +640,16 @@ impl Channel {
         }
     }
 
-    /// Path `p`'s controller is gone (a removal completion or refusal): `Gone`, unless a
-    /// replacement is waiting for its old queue pair to drain (then `Waiting`, so that what it
-    /// held waits for the replacement).
+    /// Path `p`'s controller is gone (a removal completion or refusal): `Gone`, unless the path
+    /// was re-attached (then `Waiting`, so that what it held waits for the replacement).
     #[cold]
     fn path_lost(&mut self, p: usize) {
-        let s = if self.spare[p].is_some() {
+        let current = self.ns.path(p);
+        let replaced = self.spare[p].is_some()
+            || self.origin[p]
+                .as_ref()
+                .is_some_and(|o| !Arc::ptr_eq(o, &current));
+        let s = if replaced {
             PathStatus::Waiting
         } else {
             PathStatus::Gone
@@ -1135,7 +1171,7 @@ impl Channel {
             let result = match c.outcome {
                 Outcome::Status(st) if st.is_success() => Ok(c.dw0),
                 Outcome::Status(st) => Err(IoError::Status {
-                    ctrl: self.ns.path(p).ctrl.name().clone(),
+                    ctrl: self.origin(p).ctrl.name().clone(),
                     status: st,
                 }),
                 other => Err(IoError::Refused(other.to_string())),
@@ -1146,7 +1182,7 @@ impl Channel {
         // Learn from the failure before resending.
         match c.outcome {
             Outcome::Status(st) if st.sct() == sct::PATH => {
-                let path = self.ns.path(p);
+                let path = self.origin(p);
                 path.ana_stale
                     .store(true, std::sync::atomic::Ordering::Release);
                 let s = if st.sc() == path_sc::ANA_PERSISTENT_LOSS {

@@ -1041,3 +1041,46 @@ fn a_reset_completion_delivered_after_the_recovery_was_published_does_not_hold_t
     assert_eq!(done, (0..4).map(|t| (t, Ok(0))).collect::<Vec<_>>());
     assert_eq!(ch.stats().no_path, 0);
 }
+
+#[test]
+fn reattaching_a_path_retires_the_old_controller_so_its_commands_complete() {
+    // Arrange: round-robin over both paths; path 0 holds every completion for a minute.
+    let w = world(1);
+    let old = w.ns.path(0).ctrl.clone();
+    let c0 = w.sim.controller(0);
+    let mut ch = Channel::new(&w.ns, chan_opts()).unwrap();
+    register(&w, &mut ch, 4);
+    c0.faults().delay_completions(Duration::from_secs(60));
+    submit_reads(&mut ch, 4);
+    let mut done = Vec::new();
+    ch.poll(8, |c| done.push((c.tag, c.result.clone())));
+    assert!(ch.in_flight_per_path()[0] > 0, "reads held on path 0");
+    // Act: port 0 goes away and comes back, and is re-attached before any control plane ran (so
+    // nothing noticed the old controller's removal); then the control plane starts.
+    c0.faults().surprise_remove();
+    c0.faults().restore();
+    let ctrl = Controller::open(c0.clone(), w.pool.clone(), ControllerOptions::default()).unwrap();
+    w.ns.reattach(0, ctrl).unwrap();
+    let _cp = fast_control(&w);
+    done.extend(collect(
+        &mut ch,
+        4 - done.len(),
+        8,
+        Duration::from_secs(10),
+        || {},
+    ));
+    done.sort_by_key(|d| d.0);
+    // Assert: the reads held on the old controller were resent and succeeded; it was retired.
+    assert_eq!(done, (0..4).map(|t| (t, Ok(0))).collect::<Vec<_>>());
+    assert_eq!(ch.outstanding(), 0);
+    assert_eq!(old.state(), vfnvme::CtrlState::Removed);
+    // The new controller on port 0 carries I/O (retiring the old one did not stop it).
+    let reads_on_0 = c0.stats().io(NvmOpcode::READ.0);
+    submit_reads(&mut ch, 4);
+    let done = collect(&mut ch, 4, 8, Duration::from_secs(10), || {});
+    assert_eq!(done, (0..4).map(|t| (t, Ok(0))).collect::<Vec<_>>());
+    assert!(
+        c0.stats().io(NvmOpcode::READ.0) > reads_on_0,
+        "port 0 unused"
+    );
+}
