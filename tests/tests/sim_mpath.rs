@@ -1084,3 +1084,33 @@ fn reattaching_a_path_retires_the_old_controller_so_its_commands_complete() {
         "port 0 unused"
     );
 }
+
+#[test]
+fn the_ana_state_is_read_again_after_a_controller_reset() {
+    use vfnvme_mpath::PathStatus::{Optimized, Waiting};
+    // Arrange: a control plane stepped by hand has seen path 0's group go inaccessible.
+    let w = world(1);
+    let mut cp = MpathControl::new(std::slice::from_ref(&w.ns), ReconnectOptions::default());
+    let c0 = w.sim.controller(0);
+    c0.faults().set_ana_state(1, AnaState::INACCESSIBLE);
+    for _ in 0..50 {
+        cp.step();
+        if w.ns.path(0).status() == Waiting {
+            break;
+        }
+    }
+    assert_eq!(w.ns.path(0).status(), Waiting);
+    // Act: the controller fails and its group becomes optimized while it is down (the change
+    // notice is lost with the failure); the control plane resets it.
+    c0.faults().set_cfs();
+    c0.faults().set_ana_state(1, AnaState::OPTIMIZED);
+    for _ in 0..50 {
+        cp.step();
+        if w.ns.path(0).status() == Optimized {
+            break;
+        }
+    }
+    // Assert: the control plane read the ANA log again after the reset.
+    assert_eq!(w.ns.path(0).ctrl.state(), vfnvme::CtrlState::Live);
+    assert_eq!(w.ns.path(0).status(), Optimized);
+}
