@@ -17,8 +17,9 @@
 //!
 //! Writes, and passthrough commands not marked idempotent, wait the failed controller's Command
 //! Quiesce Time (CQT, or `ChannelOptions::default_cqt_ms` when it reports 0) before they are
-//! resent, so that a copy still in flight on the old path cannot land after its replacement.
-//! Reads go at once.
+//! resent, so that a copy still in flight on the old path cannot land after its replacement;
+//! one that gives up failing over waits it too before it completes with its error. Reads go at
+//! once.
 
 use std::sync::{Arc, Mutex};
 
@@ -50,7 +51,8 @@ pub struct ChannelOptions {
     /// Failovers of one command before it completes with its last error: a cap against a path
     /// that flaps without end. The other bound is time: a command that has been failing over for
     /// longer than `fast_fail_ms` (or the controller's ANATT during an ANA transition) completes
-    /// with its last error too.
+    /// with its last error too. A write or non-idempotent passthrough that gives up completes
+    /// only after the CQT of the path it last failed on, as it would have been resent.
     pub max_failovers: u16,
     /// How long a command waits for a path that may come back before completing with
     /// [`IoError::NoPath`].
@@ -358,6 +360,9 @@ struct Entry {
     not_before_ns: u64,
     /// Fast-fail deadline while waiting for a path; set when the command is requeued.
     deadline_ns: u64,
+    /// The failure a non-idempotent command gave up failing over on: it completes with
+    /// [`IoError::TooManyFailovers`] once `not_before_ns` (its path's CQT) has passed.
+    gave_up: Option<Outcome>,
 }
 
 impl Entry {
@@ -372,6 +377,16 @@ impl Entry {
             retry_same: false,
             not_before_ns: 0,
             deadline_ns: 0,
+            gave_up: None,
+        }
+    }
+
+    /// The error of a command that gave up failing over (`last` its last failure), at `now_ns`.
+    fn too_many_failovers(&self, last: Outcome, now_ns: u64) -> IoError {
+        IoError::TooManyFailovers {
+            failovers: self.failovers,
+            failing_ms: now_ns.saturating_sub(self.failing_since_ns) / 1_000_000,
+            last: last.to_string(),
         }
     }
 }
@@ -1228,13 +1243,21 @@ impl Channel {
                 }
                 let failing_ns = now - s.failing_since_ns;
                 if s.failovers > self.opts.max_failovers || failing_ns > wait_ns {
-                    let err = IoError::TooManyFailovers {
-                        failovers: s.failovers,
-                        failing_ms: failing_ns / 1_000_000,
-                        last: c.outcome.to_string(),
-                    };
-                    self.complete(cmd, Err(err), f);
-                    return true;
+                    if cmd.idempotent() {
+                        let err = s.too_many_failovers(c.outcome, now);
+                        self.complete(cmd, Err(err), f);
+                        return true;
+                    }
+                    // A copy may still be in flight on the path it failed on until that path's
+                    // CQT has passed: "failed" before then could be overtaken by it (a retry by
+                    // the application, say). Held until then; drain_requeue completes it.
+                    s.gave_up = Some(c.outcome);
+                    s.not_before_ns = now + self.params[p].cqt_ns;
+                    s.deadline_ns = s.not_before_ns;
+                    self.stats.quiesce_waits += 1;
+                    let pushed = self.requeue.push(cmd.slot());
+                    debug_assert!(pushed, "the ring holds every slot");
+                    return false;
                 }
                 s.retry_same = false;
                 s.not_before_ns = if cmd.idempotent() {
@@ -1294,6 +1317,12 @@ impl Channel {
             let s = self.entries[slot as usize];
             if s.not_before_ns > now {
                 self.requeue.push(slot);
+                continue;
+            }
+            if let Some(outcome) = s.gave_up {
+                // A non-idempotent command that gave up, its CQT now passed.
+                self.complete(s.cmd, Err(s.too_many_failovers(outcome, now)), f);
+                done += 1;
                 continue;
             }
             let (last, retry_same, deadline_ns) = (s.path as usize, s.retry_same, s.deadline_ns);

@@ -1114,3 +1114,57 @@ fn the_ana_state_is_read_again_after_a_controller_reset() {
     assert_eq!(w.ns.path(0).ctrl.state(), vfnvme::CtrlState::Live);
     assert_eq!(w.ns.path(0).status(), Optimized);
 }
+
+#[test]
+fn a_write_that_gives_up_failing_over_completes_only_after_cqt_a_read_at_once() {
+    // Arrange: CQT 400 ms; no failover allowed (max_failovers 0); active-passive on path 0, which
+    // answers every I/O with a path error.
+    let w = world(400);
+    let mut ch = Channel::new(
+        &w.ns,
+        ChannelOptions {
+            policy: Policy::ActivePassive {
+                preferred: 0,
+                failback: false,
+            },
+            max_failovers: 0,
+            ..chan_opts()
+        },
+    )
+    .unwrap();
+    w.sim.controller(0).faults().fail_matching(
+        FaultMatch::io(),
+        Status::new(sct::PATH, path::INTERNAL_PATH_ERROR),
+        None,
+    );
+    let c1 = w.sim.controller(1);
+    let writes_on_1 = c1.stats().io(NvmOpcode::WRITE.0);
+    let wbuf = w.pool.alloc(IO_BYTES, 4096).unwrap();
+    stamp(&wbuf, 64, 1);
+    let rbuf = w.pool.alloc(IO_BYTES, 4096).unwrap();
+    // Act: a write and a read, both failing on path 0 and giving up.
+    let start = Instant::now();
+    ch.submit(IoDesc::write(64, IO_BLOCKS, wbuf, 1)).unwrap();
+    ch.submit(IoDesc::read(128, IO_BLOCKS, rbuf, 2)).unwrap();
+    let mut done = Vec::new();
+    while done.len() < 2 && start.elapsed() < Duration::from_secs(20) {
+        ch.poll(8, |c| done.push((c.tag, c.result.clone(), start.elapsed())));
+    }
+    done.sort_by_key(|d| d.0);
+    // Assert: both gave up; the write only after the path's CQT (a copy may still land until
+    // then), and it was not resent anywhere.
+    assert_eq!(done.len(), 2, "{done:?}");
+    for (tag, result, _) in &done {
+        assert!(
+            matches!(result, Err(vfnvme_mpath::IoError::TooManyFailovers { .. })),
+            "tag {tag}: {result:?}"
+        );
+    }
+    let write_done = done[0].2;
+    assert!(
+        write_done >= Duration::from_millis(400),
+        "the write gave up after {write_done:?}, before CQT"
+    );
+    assert_eq!(c1.stats().io(NvmOpcode::WRITE.0), writes_on_1);
+    assert_eq!(ch.outstanding(), 0);
+}
