@@ -475,7 +475,8 @@ fn path_params(ns: &MpNamespace, path: &PathInfo, opts: &ChannelOptions) -> Path
 
 impl Channel {
     /// Creates a channel with a queue pair on every live path. Call on the thread that will use
-    /// it; queue creation is an admin operation, done once here.
+    /// it; queue creation is an admin operation, done here (and, for a path that was down now,
+    /// when it is published back).
     ///
     /// # Errors
     /// A controller error when no path could give a queue pair.
@@ -590,8 +591,29 @@ impl Channel {
             self.adopt_replacements();
         }
         for (i, path) in self.ns.paths().iter().enumerate() {
+            if self.qps[i].is_none() && self.spare[i].is_none() && path.status().usable() {
+                // Down when this channel was created, back now.
+                self.open_queue_pair(i, path);
+            }
             let s = self.view(i, path);
             self.set_status(i, s);
+        }
+    }
+
+    /// Creates this channel's queue pair on path `i` (`path`), which has none (an admin
+    /// operation: cold). On failure the path stays `Waiting`, to be tried again at a later
+    /// refresh.
+    #[cold]
+    #[inline(never)]
+    fn open_queue_pair(&mut self, i: usize, path: &Arc<PathInfo>) {
+        match path.ctrl.io_queue_pair_with(self.opts.queue) {
+            Ok(qp) => {
+                log::info!("channel: queue pair on path {i} ({})", path.ctrl.name());
+                self.params[i] = path_params(&self.ns, path, &self.opts);
+                self.qps[i] = Some(Box::new(qp));
+                self.origin[i] = Some(path.clone());
+            }
+            Err(e) => log::warn!("channel: still no queue pair on path {i}: {e}"),
         }
     }
 

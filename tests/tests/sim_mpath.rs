@@ -1168,3 +1168,41 @@ fn a_write_that_gives_up_failing_over_completes_only_after_cqt_a_read_at_once() 
     assert_eq!(c1.stats().io(NvmOpcode::WRITE.0), writes_on_1);
     assert_eq!(ch.outstanding(), 0);
 }
+
+#[test]
+fn a_path_that_had_no_queue_pair_when_the_channel_was_created_is_used_once_it_is_back() {
+    use vfnvme_mpath::PathStatus::{Gone, Optimized};
+    // Arrange: controller 0 fails (fatal status, and its reset fails once), so a channel created
+    // now gets no queue pair on path 0.
+    let w = world(1);
+    let c0 = w.sim.controller(0);
+    c0.faults().fail_matching(
+        FaultMatch::admin().opcode(vfnvme::spec::AdminOpcode::IDENTIFY.0),
+        Status::new(sct::GENERIC, vfnvme::spec::status::generic::INTERNAL_ERROR),
+        Some(1),
+    );
+    c0.faults().set_cfs();
+    w.ns.path(0).ctrl.service();
+    assert_eq!(w.ns.path(0).ctrl.state(), vfnvme::CtrlState::Failed);
+    let mut ch = Channel::new(
+        &w.ns,
+        ChannelOptions {
+            fast_fail_ms: 3_000,
+            ..chan_opts()
+        },
+    )
+    .unwrap();
+    assert_eq!(ch.in_flight_per_path(), vec![0, 0]);
+    // Act: the control plane reconnects path 0; then path 1 goes away.
+    let _cp = fast_control(&w);
+    until("path 0 back", || w.ns.path(0).status() == Optimized);
+    w.sim.controller(1).faults().surprise_remove();
+    until("path 1 gone", || w.ns.path(1).status() == Gone);
+    let reads_on_0 = c0.stats().io(NvmOpcode::READ.0);
+    register(&w, &mut ch, 1);
+    submit_reads(&mut ch, 1);
+    let done = collect(&mut ch, 1, 8, Duration::from_secs(20), || {});
+    // Assert: the read completed on path 0.
+    assert_eq!(done, vec![(0, Ok(0))]);
+    assert_eq!(c0.stats().io(NvmOpcode::READ.0), reads_on_0 + 1);
+}
