@@ -459,14 +459,16 @@ struct PathParams {
 /// The parameters of `path` (the one a queue pair was made on, never a path that replaced it
 /// since) for namespace `ns`.
 fn path_params(ns: &MpNamespace, path: &PathInfo, opts: &ChannelOptions) -> PathParams {
-    let p = path;
-    let id = p.ctrl.identify();
+    let id = path.ctrl.identify();
     let cqt = match id.cqt_ms() {
         0 => opts.default_cqt_ms,
         v => v,
     };
     PathParams {
-        info: p.ctrl.namespace(ns.info.nsid).map_or(ns.info, |n| n.info),
+        info: path
+            .ctrl
+            .namespace(ns.info.nsid)
+            .map_or(ns.info, |n| n.info),
         crdt: [id.crdt_ms(1), id.crdt_ms(2), id.crdt_ms(3)],
         cqt_ns: cqt * 1_000_000,
         anatt_ns: id.anatt as u64 * 1_000_000_000,
@@ -575,8 +577,8 @@ impl Channel {
         vfnvme::clock::now_ns()
     }
 
-    /// Re-reads path states (after the generation moved) and takes queue pairs the control plane
-    /// left for re-attached paths.
+    /// Re-reads path states (after the generation moved), takes queue pairs the control plane
+    /// left for re-attached paths, and opens one on a path that had none and is usable now.
     fn refresh(&mut self) {
         self.generation = self.ns.generation();
         let arrived = std::mem::take(&mut *self.inbox.lock().unwrap());
