@@ -17,8 +17,9 @@
 //!
 //! Writes, and passthrough commands not marked idempotent, wait the failed controller's Command
 //! Quiesce Time (CQT, or `ChannelOptions::default_cqt_ms` when it reports 0) before they are
-//! resent, so that a copy still in flight on the old path cannot land after its replacement.
-//! Reads go at once.
+//! resent, so that a copy still in flight on the old path cannot land after its replacement;
+//! one that gives up failing over waits it too before it completes with its error. Reads go at
+//! once.
 
 use std::sync::{Arc, Mutex};
 
@@ -31,7 +32,7 @@ use vfnvme_hugepages::DmaBuf;
 
 use crate::desc::{IoDesc, IoKind};
 use crate::disposition::{dispose, Disposition};
-use crate::path::PathStatus;
+use crate::path::{PathInfo, PathStatus};
 use crate::policy::{Policy, Selector};
 use crate::requeue::RequeueRing;
 use crate::subsystem::{Inbox, MpNamespace};
@@ -50,7 +51,8 @@ pub struct ChannelOptions {
     /// Failovers of one command before it completes with its last error: a cap against a path
     /// that flaps without end. The other bound is time: a command that has been failing over for
     /// longer than `fast_fail_ms` (or the controller's ANATT during an ANA transition) completes
-    /// with its last error too.
+    /// with its last error too. A write or non-idempotent passthrough that gives up completes
+    /// only after the CQT of the path it last failed on, as it would have been resent.
     pub max_failovers: u16,
     /// How long a command waits for a path that may come back before completing with
     /// [`IoError::NoPath`].
@@ -358,6 +360,9 @@ struct Entry {
     not_before_ns: u64,
     /// Fast-fail deadline while waiting for a path; set when the command is requeued.
     deadline_ns: u64,
+    /// The failure a non-idempotent command gave up failing over on: it completes with
+    /// [`IoError::TooManyFailovers`] once `not_before_ns` (its path's CQT) has passed.
+    gave_up: Option<Outcome>,
 }
 
 impl Entry {
@@ -372,9 +377,22 @@ impl Entry {
             retry_same: false,
             not_before_ns: 0,
             deadline_ns: 0,
+            gave_up: None,
+        }
+    }
+
+    /// The error of a command that gave up failing over (`last` its last failure), at `now_ns`.
+    fn too_many_failovers(&self, last: Outcome, now_ns: u64) -> IoError {
+        IoError::TooManyFailovers {
+            failovers: self.failovers,
+            failing_ms: now_ns.saturating_sub(self.failing_since_ns) / 1_000_000,
+            last: last.to_string(),
         }
     }
 }
+
+/// A replacement queue pair waiting to be taken, with the path it was made on.
+type Spare = (Arc<PathInfo>, Box<QueuePair<Cmd>>);
 
 /// A per-core handle on a multipath namespace. `Send`, not `Sync`.
 pub struct Channel {
@@ -382,6 +400,15 @@ pub struct Channel {
     /// One queue pair per path, boxed so that `poll` can take one out while it delivers (moving
     /// a pointer, not the queue pair).
     qps: Vec<Option<Box<QueuePair<Cmd>>>>,
+    /// The path (controller) each queue pair was made on, by path. A path re-attached since is
+    /// `Waiting` until its replacement queue pair is taken.
+    origin: Vec<Option<Arc<PathInfo>>>,
+    /// Replacement queue pairs of re-attached paths, with the path they were made on, by path;
+    /// taken once the old queue pair on that path has delivered everything it held. Meanwhile
+    /// the path is `Waiting`.
+    spare: Vec<Option<Spare>>,
+    /// Some path has a replacement in `spare`: each poll tries to take it.
+    replacing: bool,
     params: Vec<PathParams>,
     status: Vec<PathStatus>,
     in_flight: Vec<usize>,
@@ -429,15 +456,19 @@ struct PathParams {
     anatt_ns: u64,
 }
 
-fn path_params(ns: &MpNamespace, i: usize, opts: &ChannelOptions) -> PathParams {
-    let p = ns.path(i);
-    let id = p.ctrl.identify();
+/// The parameters of `path` (the one a queue pair was made on, never a path that replaced it
+/// since) for namespace `ns`.
+fn path_params(ns: &MpNamespace, path: &PathInfo, opts: &ChannelOptions) -> PathParams {
+    let id = path.ctrl.identify();
     let cqt = match id.cqt_ms() {
         0 => opts.default_cqt_ms,
         v => v,
     };
     PathParams {
-        info: p.ctrl.namespace(ns.info.nsid).map_or(ns.info, |n| n.info),
+        info: path
+            .ctrl
+            .namespace(ns.info.nsid)
+            .map_or(ns.info, |n| n.info),
         crdt: [id.crdt_ms(1), id.crdt_ms(2), id.crdt_ms(3)],
         cqt_ns: cqt * 1_000_000,
         anatt_ns: id.anatt as u64 * 1_000_000_000,
@@ -446,23 +477,34 @@ fn path_params(ns: &MpNamespace, i: usize, opts: &ChannelOptions) -> PathParams 
 
 impl Channel {
     /// Creates a channel with a queue pair on every live path. Call on the thread that will use
-    /// it; queue creation is an admin operation, done once here.
+    /// it; queue creation is an admin operation, done here (and, for a path that was down now,
+    /// when it is published back).
     ///
     /// # Errors
     /// A controller error when no path could give a queue pair.
     pub fn new(ns: &Arc<MpNamespace>, opts: ChannelOptions) -> Result<Channel, crate::Error> {
-        let n = ns.path_count();
+        // The inbox first: a path re-attached from now on leaves this channel a queue pair, and
+        // one re-attached before is seen below as its new controller.
+        let inbox: Inbox = Arc::new(Mutex::new(Vec::new()));
+        ns.register_inbox(&inbox, opts.queue);
+        let paths = ns.paths();
+        let n = paths.len();
         let mut qps = Vec::with_capacity(n);
+        let mut origin = Vec::with_capacity(n);
         let mut params = Vec::with_capacity(n);
         let mut last_err = None;
-        for i in 0..n {
-            params.push(path_params(ns, i, &opts));
-            match ns.path(i).ctrl.io_queue_pair_with(opts.queue) {
-                Ok(qp) => qps.push(Some(Box::new(qp))),
+        for (i, path) in paths.iter().enumerate() {
+            params.push(path_params(ns, path, &opts));
+            match path.ctrl.io_queue_pair_with(opts.queue) {
+                Ok(qp) => {
+                    qps.push(Some(Box::new(qp)));
+                    origin.push(Some(path.clone()));
+                }
                 Err(e) => {
                     log::warn!("channel: no queue pair on path {i}: {e}");
                     last_err = Some(e);
                     qps.push(None);
+                    origin.push(None);
                 }
             }
         }
@@ -471,12 +513,13 @@ impl Channel {
                 return Err(e.into());
             }
         }
-        let inbox: Inbox = Arc::new(Mutex::new(Vec::new()));
-        ns.register_inbox(&inbox, opts.queue);
         let slots = opts.slots.max(1);
         let mut ch = Channel {
             ns: ns.clone(),
             qps,
+            origin,
+            spare: (0..n).map(|_| None).collect(),
+            replacing: false,
             params,
             status: vec![PathStatus::Waiting; n],
             in_flight: vec![0; n],
@@ -534,41 +577,123 @@ impl Channel {
         vfnvme::clock::now_ns()
     }
 
-    /// Re-reads path states (after the generation moved) and takes queue pairs the control plane
-    /// left for re-attached paths.
+    /// Re-reads path states (after the generation moved), takes queue pairs the control plane
+    /// left for re-attached paths, and opens one on a path that had none and is usable now.
     fn refresh(&mut self) {
         self.generation = self.ns.generation();
-        let mut inbox = self.inbox.lock().unwrap();
-        let arrived = std::mem::take(&mut *inbox);
-        let mut deferred = false;
-        for (i, qp) in arrived {
-            if i >= self.qps.len() {
+        let arrived = std::mem::take(&mut *self.inbox.lock().unwrap());
+        for (i, path, qp) in arrived {
+            if let Some(spare) = self.spare.get_mut(i) {
+                // A newer replacement supersedes one not taken yet.
+                *spare = Some((path, Box::new(qp)));
+                self.replacing = true;
+            }
+        }
+        if self.replacing {
+            self.adopt_replacements();
+        }
+        for (i, path) in self.ns.paths().iter().enumerate() {
+            if self.qps[i].is_none() && self.spare[i].is_none() && path.status().usable() {
+                // Down when this channel was created, back now.
+                self.open_queue_pair(i, path);
+            }
+            let s = self.view(i, path);
+            self.set_status(i, s);
+        }
+    }
+
+    /// Creates this channel's queue pair on path `i` (`path`), which has none (an admin
+    /// operation: cold). On failure the path stays `Waiting`, to be tried again at a later
+    /// refresh.
+    #[cold]
+    #[inline(never)]
+    fn open_queue_pair(&mut self, i: usize, path: &Arc<PathInfo>) {
+        match path.ctrl.io_queue_pair_with(self.opts.queue) {
+            Ok(qp) => {
+                log::info!("channel: queue pair on path {i} ({})", path.ctrl.name());
+                self.params[i] = path_params(&self.ns, path, &self.opts);
+                self.qps[i] = Some(Box::new(qp));
+                self.origin[i] = Some(path.clone());
+            }
+            Err(e) => log::warn!("channel: still no queue pair on path {i}: {e}"),
+        }
+    }
+
+    /// The channel's status for path `i`, whose current (published) path is `current`: its
+    /// published status if this channel's queue pair on it was made on `current`; else
+    /// `Waiting` — while the path is re-attached and its replacement queue pair is on its way or
+    /// waits for the old one to deliver what it holds (commands then wait for the replacement
+    /// instead of failing), or while the channel has no queue pair on it (unless it is gone).
+    fn view(&self, i: usize, current: &Arc<PathInfo>) -> PathStatus {
+        if self.spare[i].is_some() {
+            return PathStatus::Waiting;
+        }
+        match &self.origin[i] {
+            Some(o) if Arc::ptr_eq(o, current) => current.status(),
+            Some(_) => PathStatus::Waiting,
+            None if current.status() == PathStatus::Gone => PathStatus::Gone,
+            None => PathStatus::Waiting,
+        }
+    }
+
+    /// The path that this channel's queue pair `p` was made on (the one that answers on it).
+    fn origin(&self, p: usize) -> Arc<PathInfo> {
+        match &self.origin[p] {
+            Some(o) => o.clone(),
+            None => self.ns.path(p),
+        }
+    }
+
+    /// Takes the replacement queue pair of every path whose old queue pair is idle (it has
+    /// delivered everything it held: dropping it earlier would lose those commands).
+    #[cold]
+    #[inline(never)]
+    fn adopt_replacements(&mut self) {
+        let mut left = false;
+        for i in 0..self.qps.len() {
+            if self.spare[i].is_none() {
                 continue;
             }
             if self.qps[i].as_ref().is_some_and(|q| !q.is_idle()) {
-                // The old queue pair still holds commands, failed when its controller went away
-                // but not delivered yet: dropping it would lose them. Take the new one once a
-                // poll has delivered them.
-                inbox.push((i, qp));
-                deferred = true;
+                left = true;
                 continue;
             }
-            self.params[i] = path_params(&self.ns, i, &self.opts);
-            self.qps[i] = Some(Box::new(qp));
-        }
-        drop(inbox);
-        if deferred {
-            // Look again at the next poll or submission.
-            self.generation = u64::MAX;
-        }
-        for (i, s) in self.ns.statuses().into_iter().enumerate() {
-            let s = if self.qps[i].is_some() || s == PathStatus::Gone {
-                s
-            } else {
-                PathStatus::Waiting
-            };
+            let (path, qp) = self.spare[i].take().expect("checked above");
+            self.params[i] = path_params(&self.ns, &path, &self.opts);
+            self.qps[i] = Some(qp);
+            self.origin[i] = Some(path);
+            let s = self.view(i, &self.ns.path(i));
             self.set_status(i, s);
         }
+        self.replacing = left;
+    }
+
+    /// Path `p` refused a command as not ready (its controller resetting, or its queues not yet
+    /// re-created): `Waiting` until the control plane publishes that it is back, which it does
+    /// only after it is. A queue pair that is ready again by now (it may have become so just
+    /// after refusing, its publication already seen) keeps the path's status.
+    #[cold]
+    fn not_ready(&mut self, p: usize) {
+        if !self.qps[p].as_ref().is_some_and(|q| q.is_ready()) {
+            self.set_status(p, PathStatus::Waiting);
+        }
+    }
+
+    /// Path `p`'s controller is gone (a removal completion or refusal): `Gone`, unless the path
+    /// was re-attached (then `Waiting`, so that what it held waits for the replacement).
+    #[cold]
+    fn path_lost(&mut self, p: usize) {
+        let current = self.ns.path(p);
+        let replaced = self.spare[p].is_some()
+            || self.origin[p]
+                .as_ref()
+                .is_some_and(|o| !Arc::ptr_eq(o, &current));
+        let s = if replaced {
+            PathStatus::Waiting
+        } else {
+            PathStatus::Gone
+        };
+        self.set_status(p, s);
     }
 
     #[cold]
@@ -988,8 +1113,8 @@ impl Channel {
             };
             match err {
                 SubmitError::QueueFull => break RefuseReason::Full,
-                SubmitError::NotReady { .. } => self.set_status(p, PathStatus::Waiting),
-                SubmitError::DeviceGone { .. } => self.set_status(p, PathStatus::Gone),
+                SubmitError::NotReady { .. } => self.not_ready(p),
+                SubmitError::DeviceGone { .. } => self.path_lost(p),
                 e => break RefuseReason::Invalid(e.to_string()),
             }
         };
@@ -1056,6 +1181,11 @@ impl Channel {
             }
             self.qps[p] = Some(q);
         }
+        if self.replacing {
+            // An old queue pair may have delivered its last command just now: take its
+            // replacement before resending what it held.
+            self.adopt_replacements();
+        }
         if !self.requeue.is_empty() {
             n += self.drain_requeue(&mut f);
         }
@@ -1080,7 +1210,7 @@ impl Channel {
             let result = match c.outcome {
                 Outcome::Status(st) if st.is_success() => Ok(c.dw0),
                 Outcome::Status(st) => Err(IoError::Status {
-                    ctrl: self.ns.path(p).ctrl.name().clone(),
+                    ctrl: self.origin(p).ctrl.name().clone(),
                     status: st,
                 }),
                 other => Err(IoError::Refused(other.to_string())),
@@ -1091,7 +1221,7 @@ impl Channel {
         // Learn from the failure before resending.
         match c.outcome {
             Outcome::Status(st) if st.sct() == sct::PATH => {
-                let path = self.ns.path(p);
+                let path = self.origin(p);
                 path.ana_stale
                     .store(true, std::sync::atomic::Ordering::Release);
                 let s = if st.sc() == path_sc::ANA_PERSISTENT_LOSS {
@@ -1101,8 +1231,11 @@ impl Channel {
                 };
                 self.set_status(p, s);
             }
-            Outcome::Reset => self.set_status(p, PathStatus::Waiting),
-            Outcome::Removed => self.set_status(p, PathStatus::Gone),
+            // A reset says nothing about now: the path may be back already, and the publication
+            // that said so consumed by an earlier refresh (nothing would publish again). If it is
+            // not back, resending finds out (a NotReady refusal marks it Waiting).
+            Outcome::Reset => {}
+            Outcome::Removed => self.path_lost(p),
             _ => {}
         }
         let now = self.now_ns();
@@ -1134,13 +1267,21 @@ impl Channel {
                 }
                 let failing_ns = now - s.failing_since_ns;
                 if s.failovers > self.opts.max_failovers || failing_ns > wait_ns {
-                    let err = IoError::TooManyFailovers {
-                        failovers: s.failovers,
-                        failing_ms: failing_ns / 1_000_000,
-                        last: c.outcome.to_string(),
-                    };
-                    self.complete(cmd, Err(err), f);
-                    return true;
+                    if cmd.idempotent() {
+                        let err = s.too_many_failovers(c.outcome, now);
+                        self.complete(cmd, Err(err), f);
+                        return true;
+                    }
+                    // A copy may still be in flight on the path it failed on until that path's
+                    // CQT has passed: "failed" before then could be overtaken by it (a retry by
+                    // the application, say). Held until then; drain_requeue completes it.
+                    s.gave_up = Some(c.outcome);
+                    s.not_before_ns = now + self.params[p].cqt_ns;
+                    s.deadline_ns = s.not_before_ns;
+                    self.stats.quiesce_waits += 1;
+                    let pushed = self.requeue.push(cmd.slot());
+                    debug_assert!(pushed, "the ring holds every slot");
+                    return false;
                 }
                 s.retry_same = false;
                 s.not_before_ns = if cmd.idempotent() {
@@ -1202,6 +1343,12 @@ impl Channel {
                 self.requeue.push(slot);
                 continue;
             }
+            if let Some(outcome) = s.gave_up {
+                // A non-idempotent command that gave up, its CQT now passed.
+                self.complete(s.cmd, Err(s.too_many_failovers(outcome, now)), f);
+                done += 1;
+                continue;
+            }
             let (last, retry_same, deadline_ns) = (s.path as usize, s.retry_same, s.deadline_ns);
             let target = if retry_same && self.status.get(last).is_some_and(|s| s.usable()) {
                 Some(last)
@@ -1223,11 +1370,11 @@ impl Channel {
                     self.requeue.push(slot);
                 }
                 Err(SubmitError::NotReady { .. }) => {
-                    self.set_status(p, PathStatus::Waiting);
+                    self.not_ready(p);
                     self.requeue.push(slot);
                 }
                 Err(SubmitError::DeviceGone { .. }) => {
-                    self.set_status(p, PathStatus::Gone);
+                    self.path_lost(p);
                     self.requeue.push(slot);
                 }
                 Err(e) => {

@@ -2,8 +2,9 @@
 //!
 //! Each step it services every controller (admin completions, async events, health, timeouts),
 //! reconnects failed controllers after `reconnect_delay` and gives a path up after
-//! `ctrl_loss_timeout`, re-reads the ANA log at start, on an ANA-change event and when a channel
-//! saw an ANA error, and publishes any change of path state to the channels through the
+//! `ctrl_loss_timeout`, re-reads the ANA log at start, on an ANA-change event, when a channel
+//! saw an ANA error and once the controller is live again after a reset (which loses pending
+//! events), and publishes any change of path state to the channels through the
 //! namespace's generation counter.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,6 +49,8 @@ struct Watched {
     last_status: PathStatus,
     /// `Controller::queues_recreated` at the last step.
     recreated: u64,
+    /// The controller's epoch at the last step: it moves at every reset, failure and removal.
+    epoch: u64,
 }
 
 /// Control-plane state for a set of multipath namespaces. Drive it with [`MpathControl::step`]
@@ -68,6 +71,7 @@ fn watch(path: Arc<PathInfo>) -> Watched {
     Watched {
         last_status: path.status(),
         recreated: path.ctrl.queues_recreated(),
+        epoch: path.ctrl.shared().load().epoch(),
         path,
         ana_event: flag,
         down_since: None,
@@ -146,6 +150,14 @@ fn step_path(ns: &MpNamespace, w: &mut Watched, opts: &ReconnectOptions) -> bool
     let state = ctrl.service();
     let now = Instant::now();
     let mut changed = false;
+    // A reset (or failure) since the last step: the ANA state may have changed meanwhile, and
+    // the change notice was lost with the controller's pending events. Read the log once it is
+    // live again (the flag waits until then).
+    let epoch = ctrl.shared().load().epoch();
+    if epoch != w.epoch {
+        w.epoch = epoch;
+        w.path.ana_stale.store(true, Ordering::Release);
+    }
     match state {
         CtrlState::Live => {
             w.down_since = None;

@@ -155,10 +155,13 @@ pub fn same_namespace(a: &Namespace, b: &Namespace) -> bool {
     common
 }
 
+/// A queue pair left for a channel: the path index, the path it was made on, the queue pair.
+pub(crate) type Arrival = (usize, Arc<PathInfo>, QueuePair<Cmd>);
+
 /// Where the control plane leaves queue pairs for a channel (a path came back as a new
 /// controller). One per channel; the channel takes them when the generation moves.
-pub(crate) type Inbox = Arc<Mutex<Vec<(usize, QueuePair<Cmd>)>>>;
-type WeakInbox = std::sync::Weak<Mutex<Vec<(usize, QueuePair<Cmd>)>>>;
+pub(crate) type Inbox = Arc<Mutex<Vec<Arrival>>>;
+type WeakInbox = std::sync::Weak<Mutex<Vec<Arrival>>>;
 
 /// One namespace over all the controllers (paths) that reach it.
 pub struct MpNamespace {
@@ -218,11 +221,17 @@ impl MpNamespace {
     }
 
     /// Replaces path `i` with a new controller for the same port (a device that came back after
-    /// removal), creating a queue pair for every channel. Control plane only.
+    /// removal), creating a queue pair for every channel, and retires the old controller
+    /// ([`Controller::retire`]): nothing services it any more, so what its queue pairs still
+    /// hold fails over from them instead of waiting for ever. Control plane only.
+    ///
+    /// A channel keeps using its old queue pair on the path until that has delivered all it
+    /// held, and meanwhile counts the path as `Waiting`; it takes the new queue pair's
+    /// parameters (CQT, CRDT, ANATT, block size) from the new controller.
     ///
     /// # Errors
     /// [`Error::NamespaceMismatch`] if the new controller's namespace is not the same one;
-    /// controller errors from creating queue pairs.
+    /// controller errors from creating queue pairs (nothing is changed then).
     pub fn reattach(&self, i: usize, ctrl: Controller) -> Result<(), Error> {
         let ns = ctrl.namespace(self.info.nsid).ok_or(Error::NoNamespace {
             subnqn: self.subnqn.clone(),
@@ -236,16 +245,52 @@ impl MpNamespace {
                 b: ctrl.name().to_string(),
             });
         }
+        let path = Arc::new(PathInfo::new(ctrl));
+        // Held to the end: a channel created meanwhile registers after this and finds the new
+        // path, or before and gets a queue pair here.
         let mut inboxes = self.inboxes.lock().unwrap();
         inboxes.retain(|(w, _)| w.strong_count() > 0);
+        // Every channel's queue pair first, so that an error changes nothing.
+        let mut made = Vec::with_capacity(inboxes.len());
         for (w, opts) in inboxes.iter() {
             if let Some(inbox) = w.upgrade() {
-                let qp = ctrl.io_queue_pair_with(*opts)?;
-                inbox.lock().unwrap().push((i, qp));
+                made.push((inbox, path.ctrl.io_queue_pair_with(*opts)?));
             }
         }
-        self.paths.write().unwrap()[i] = Arc::new(PathInfo::new(ctrl));
+        {
+            let mut paths = self.paths.write().unwrap();
+            let old = std::mem::replace(&mut paths[i], path.clone());
+            // Retired while the paths are locked: a channel that sees the old controller's
+            // commands fail looks the path up, finds it re-attached and has them wait for the
+            // replacement rather than fail for want of a path.
+            retire(&old.ctrl, &path.ctrl);
+        }
+        // Only now the queue pairs: a channel takes one only with its path in place.
+        for (inbox, qp) in made {
+            inbox.lock().unwrap().push((i, path.clone(), qp));
+        }
+        drop(inboxes);
         self.publish();
         Ok(())
+    }
+}
+
+/// Retires `old`, replaced by `new`. When both drive the same PCI function object (the software
+/// controller brought back by `restore`), retiring `old` turns that function's bus mastering
+/// off under `new`, which brought it up with bus mastering on: turn it on again.
+fn retire(old: &Controller, new: &Controller) {
+    if old.state() == vfnvme::CtrlState::Removed {
+        return;
+    }
+    log::info!("{}: replaced by {}; retiring it", old.name(), new.name());
+    old.retire();
+    if Arc::ptr_eq(old.function(), new.function()) {
+        if let Err(e) = new.function().set_bus_master(true) {
+            log::warn!(
+                "{}: bus mastering after retiring {}: {e}",
+                new.name(),
+                old.name()
+            );
+        }
     }
 }

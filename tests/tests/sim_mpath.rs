@@ -243,6 +243,15 @@ fn seeded_stress_of_mixed_failures() {
             injected += 1;
             if injected % 50 == 0 {
                 pause(5);
+                // Paced by the workers too: on a loaded machine they can fall hundreds of
+                // failures behind, and a command left alone at the end of a phase then draws
+                // every one still queued on its path (past its retry budget). A bounded backlog
+                // keeps each failure landing on commands in flight (the read- and write-only
+                // rules wait for their phase, hence the deadline).
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while injected - fired(w) > 100 && Instant::now() < deadline {
+                    pause(1);
+                }
             }
         }
         // Let every injected failure land on a command (the read- and write-only rules wait
@@ -898,4 +907,302 @@ fn a_path_handed_back_before_its_failed_commands_were_delivered_loses_none() {
     assert_eq!(got, 8, "reads after the path came back");
     assert!(c0.stats().io(NvmOpcode::READ.0) > before, "path 0 unused");
     drop(control);
+}
+
+/// `n` registered buffers for `ch`.
+fn register(w: &World, ch: &mut Channel, n: usize) -> Arc<[vfnvme_hugepages::DmaBuf]> {
+    let bufs: Arc<[vfnvme_hugepages::DmaBuf]> = (0..n)
+        .map(|_| w.pool.alloc(IO_BYTES, 4096).unwrap())
+        .collect::<Vec<_>>()
+        .into();
+    ch.register_buffers(bufs.clone()).unwrap();
+    bufs
+}
+
+/// Submits `n` registered reads (tags 0..n, buffer i for tag i), queued but not rung.
+fn submit_reads(ch: &mut Channel, n: u32) {
+    for i in 0..n {
+        let read = IoKind::Read {
+            lba: 64 + u64::from(i * IO_BLOCKS),
+            blocks: IO_BLOCKS,
+        };
+        ch.submit_fixed(read, i, u64::from(i)).unwrap();
+    }
+}
+
+/// Polls `ch` (`max` per poll, running `between` after each) until `n` commands completed or
+/// `limit` passed; returns what completed, sorted by tag.
+fn collect(
+    ch: &mut Channel,
+    n: usize,
+    max: usize,
+    limit: Duration,
+    mut between: impl FnMut(),
+) -> Vec<(u64, Result<u32, vfnvme_mpath::IoError>)> {
+    let mut done = Vec::new();
+    let start = Instant::now();
+    while done.len() < n && start.elapsed() < limit {
+        ch.poll(max, |c| done.push((c.tag, c.result.clone())));
+        between();
+    }
+    done.sort_by_key(|d| d.0);
+    done
+}
+
+#[test]
+fn a_deferred_replacement_parks_the_old_queue_pairs_failed_commands_when_no_other_path_is_left() {
+    use vfnvme_mpath::PathStatus::Gone;
+    // Arrange: path 1 is gone before the channel exists; active-passive on path 0, sixteen
+    // registered reads queued on path 0 but not rung.
+    let w = world(1);
+    let control = fast_control(&w);
+    w.sim.controller(1).faults().surprise_remove();
+    until("path 1 gone", || w.ns.path(1).status() == Gone);
+    let mut ch = Channel::new(
+        &w.ns,
+        ChannelOptions {
+            policy: Policy::ActivePassive {
+                preferred: 0,
+                failback: true,
+            },
+            ..chan_opts()
+        },
+    )
+    .unwrap();
+    register(&w, &mut ch, 16);
+    submit_reads(&mut ch, 16);
+    assert_eq!(ch.in_flight_per_path(), vec![16, 0]);
+    // Act: port 0 goes away and comes back as a new controller before the channel polls, so the
+    // replacement queue pair waits in the inbox while the old one delivers its sixteen failures
+    // one poll at a time.
+    let c0 = w.sim.controller(0);
+    c0.faults().surprise_remove();
+    until("path 0 gone", || w.ns.path(0).status() == Gone);
+    c0.faults().restore();
+    let ctrl = Controller::open(c0.clone(), w.pool.clone(), ControllerOptions::default()).unwrap();
+    w.ns.reattach(0, ctrl).unwrap();
+    let mut early = Vec::new();
+    let start = Instant::now();
+    while ch.stats().failovers < 16 && start.elapsed() < Duration::from_secs(20) {
+        ch.poll(1, |c| early.push((c.tag, c.result.clone())));
+    }
+    // Assert: none completed while the old queue pair drained, and the poll that delivered its
+    // last failure took the replacement and resent all sixteen on it.
+    assert_eq!(early, vec![], "completed while the old queue pair drained");
+    assert_eq!(
+        ch.in_flight_per_path(),
+        vec![16, 0],
+        "resent on the replacement at once"
+    );
+    let done = collect(&mut ch, 16, 1, Duration::from_secs(20), || {});
+    // Each completed once, successfully.
+    assert_eq!(done, (0..16).map(|t| (t, Ok(0))).collect::<Vec<_>>());
+    assert_eq!(ch.stats().no_path, 0);
+    assert_eq!(ch.outstanding(), 0);
+    assert_eq!(ch.in_flight_per_path(), vec![0, 0]);
+    drop(control);
+}
+
+#[test]
+fn a_reset_completion_delivered_after_the_recovery_was_published_does_not_hold_the_path_back() {
+    use vfnvme_mpath::PathStatus::Gone;
+    // Arrange: a control plane stepped by hand; path 1 gone; four registered reads queued on
+    // path 0 but not rung; the fast-fail time is short.
+    let w = world(1);
+    let mut cp = MpathControl::new(std::slice::from_ref(&w.ns), ReconnectOptions::default());
+    w.sim.controller(1).faults().surprise_remove();
+    for _ in 0..10 {
+        cp.step();
+    }
+    assert_eq!(w.ns.path(1).status(), Gone);
+    let mut ch = Channel::new(
+        &w.ns,
+        ChannelOptions {
+            fast_fail_ms: 300,
+            ..chan_opts()
+        },
+    )
+    .unwrap();
+    register(&w, &mut ch, 4);
+    submit_reads(&mut ch, 4);
+    // Act: path 0 resets under the four; the channel takes one Reset completion, then the control
+    // plane re-creates the queues and publishes that the path is back, and the channel takes the
+    // other three Reset completions after that publication.
+    w.ns.path(0).ctrl.reset().unwrap();
+    let mut first = Vec::new();
+    ch.poll(1, |c| first.push((c.tag, c.result.clone())));
+    cp.step();
+    let mut done = collect(&mut ch, 4 - first.len(), 1, Duration::from_secs(2), || {
+        cp.step();
+    });
+    done.extend(first);
+    done.sort_by_key(|d| d.0);
+    // Assert: all four were resent on path 0 and succeeded.
+    assert_eq!(done, (0..4).map(|t| (t, Ok(0))).collect::<Vec<_>>());
+    assert_eq!(ch.stats().no_path, 0);
+}
+
+#[test]
+fn reattaching_a_path_retires_the_old_controller_so_its_commands_complete() {
+    // Arrange: round-robin over both paths; path 0 holds every completion for a minute.
+    let w = world(1);
+    let old = w.ns.path(0).ctrl.clone();
+    let c0 = w.sim.controller(0);
+    let mut ch = Channel::new(&w.ns, chan_opts()).unwrap();
+    register(&w, &mut ch, 4);
+    c0.faults().delay_completions(Duration::from_secs(60));
+    submit_reads(&mut ch, 4);
+    let mut done = Vec::new();
+    ch.poll(8, |c| done.push((c.tag, c.result.clone())));
+    assert!(ch.in_flight_per_path()[0] > 0, "reads held on path 0");
+    // Act: port 0 goes away and comes back, and is re-attached before any control plane ran (so
+    // nothing noticed the old controller's removal); then the control plane starts.
+    c0.faults().surprise_remove();
+    c0.faults().restore();
+    let ctrl = Controller::open(c0.clone(), w.pool.clone(), ControllerOptions::default()).unwrap();
+    w.ns.reattach(0, ctrl).unwrap();
+    let _cp = fast_control(&w);
+    done.extend(collect(
+        &mut ch,
+        4 - done.len(),
+        8,
+        Duration::from_secs(10),
+        || {},
+    ));
+    done.sort_by_key(|d| d.0);
+    // Assert: the reads held on the old controller were resent and succeeded; it was retired.
+    assert_eq!(done, (0..4).map(|t| (t, Ok(0))).collect::<Vec<_>>());
+    assert_eq!(ch.outstanding(), 0);
+    assert_eq!(old.state(), vfnvme::CtrlState::Removed);
+    // The new controller on port 0 carries I/O (retiring the old one did not stop it).
+    let reads_on_0 = c0.stats().io(NvmOpcode::READ.0);
+    submit_reads(&mut ch, 4);
+    let done = collect(&mut ch, 4, 8, Duration::from_secs(10), || {});
+    assert_eq!(done, (0..4).map(|t| (t, Ok(0))).collect::<Vec<_>>());
+    assert!(
+        c0.stats().io(NvmOpcode::READ.0) > reads_on_0,
+        "port 0 unused"
+    );
+}
+
+#[test]
+fn the_ana_state_is_read_again_after_a_controller_reset() {
+    use vfnvme_mpath::PathStatus::{Optimized, Waiting};
+    // Arrange: a control plane stepped by hand has seen path 0's group go inaccessible.
+    let w = world(1);
+    let mut cp = MpathControl::new(std::slice::from_ref(&w.ns), ReconnectOptions::default());
+    let c0 = w.sim.controller(0);
+    c0.faults().set_ana_state(1, AnaState::INACCESSIBLE);
+    for _ in 0..50 {
+        cp.step();
+        if w.ns.path(0).status() == Waiting {
+            break;
+        }
+    }
+    assert_eq!(w.ns.path(0).status(), Waiting);
+    // Act: the controller fails and its group becomes optimized while it is down (the change
+    // notice is lost with the failure); the control plane resets it.
+    c0.faults().set_cfs();
+    c0.faults().set_ana_state(1, AnaState::OPTIMIZED);
+    for _ in 0..50 {
+        cp.step();
+        if w.ns.path(0).status() == Optimized {
+            break;
+        }
+    }
+    // Assert: the control plane read the ANA log again after the reset.
+    assert_eq!(w.ns.path(0).ctrl.state(), vfnvme::CtrlState::Live);
+    assert_eq!(w.ns.path(0).status(), Optimized);
+}
+
+#[test]
+fn a_write_that_gives_up_failing_over_completes_only_after_cqt_a_read_at_once() {
+    // Arrange: CQT 400 ms; no failover allowed (max_failovers 0); active-passive on path 0, which
+    // answers every I/O with a path error.
+    let w = world(400);
+    let mut ch = Channel::new(
+        &w.ns,
+        ChannelOptions {
+            policy: Policy::ActivePassive {
+                preferred: 0,
+                failback: false,
+            },
+            max_failovers: 0,
+            ..chan_opts()
+        },
+    )
+    .unwrap();
+    w.sim.controller(0).faults().fail_matching(
+        FaultMatch::io(),
+        Status::new(sct::PATH, path::INTERNAL_PATH_ERROR),
+        None,
+    );
+    let c1 = w.sim.controller(1);
+    let writes_on_1 = c1.stats().io(NvmOpcode::WRITE.0);
+    let wbuf = w.pool.alloc(IO_BYTES, 4096).unwrap();
+    stamp(&wbuf, 64, 1);
+    let rbuf = w.pool.alloc(IO_BYTES, 4096).unwrap();
+    // Act: a write and a read, both failing on path 0 and giving up.
+    let start = Instant::now();
+    ch.submit(IoDesc::write(64, IO_BLOCKS, wbuf, 1)).unwrap();
+    ch.submit(IoDesc::read(128, IO_BLOCKS, rbuf, 2)).unwrap();
+    let mut done = Vec::new();
+    while done.len() < 2 && start.elapsed() < Duration::from_secs(20) {
+        ch.poll(8, |c| done.push((c.tag, c.result.clone(), start.elapsed())));
+    }
+    done.sort_by_key(|d| d.0);
+    // Assert: both gave up; the write only after the path's CQT (a copy may still land until
+    // then), and it was not resent anywhere.
+    assert_eq!(done.len(), 2, "{done:?}");
+    for (tag, result, _) in &done {
+        assert!(
+            matches!(result, Err(vfnvme_mpath::IoError::TooManyFailovers { .. })),
+            "tag {tag}: {result:?}"
+        );
+    }
+    let write_done = done[0].2;
+    assert!(
+        write_done >= Duration::from_millis(400),
+        "the write gave up after {write_done:?}, before CQT"
+    );
+    assert_eq!(c1.stats().io(NvmOpcode::WRITE.0), writes_on_1);
+    assert_eq!(ch.outstanding(), 0);
+}
+
+#[test]
+fn a_path_that_had_no_queue_pair_when_the_channel_was_created_is_used_once_it_is_back() {
+    use vfnvme_mpath::PathStatus::{Gone, Optimized};
+    // Arrange: controller 0 fails (fatal status, and its reset fails once), so a channel created
+    // now gets no queue pair on path 0.
+    let w = world(1);
+    let c0 = w.sim.controller(0);
+    c0.faults().fail_matching(
+        FaultMatch::admin().opcode(vfnvme::spec::AdminOpcode::IDENTIFY.0),
+        Status::new(sct::GENERIC, vfnvme::spec::status::generic::INTERNAL_ERROR),
+        Some(1),
+    );
+    c0.faults().set_cfs();
+    w.ns.path(0).ctrl.service();
+    assert_eq!(w.ns.path(0).ctrl.state(), vfnvme::CtrlState::Failed);
+    let mut ch = Channel::new(
+        &w.ns,
+        ChannelOptions {
+            fast_fail_ms: 3_000,
+            ..chan_opts()
+        },
+    )
+    .unwrap();
+    assert_eq!(ch.in_flight_per_path(), vec![0, 0]);
+    // Act: the control plane reconnects path 0; then path 1 goes away.
+    let _cp = fast_control(&w);
+    until("path 0 back", || w.ns.path(0).status() == Optimized);
+    w.sim.controller(1).faults().surprise_remove();
+    until("path 1 gone", || w.ns.path(1).status() == Gone);
+    let reads_on_0 = c0.stats().io(NvmOpcode::READ.0);
+    register(&w, &mut ch, 1);
+    submit_reads(&mut ch, 1);
+    let done = collect(&mut ch, 1, 8, Duration::from_secs(20), || {});
+    // Assert: the read completed on path 0.
+    assert_eq!(done, vec![(0, Ok(0))]);
+    assert_eq!(c0.stats().io(NvmOpcode::READ.0), reads_on_0 + 1);
 }
