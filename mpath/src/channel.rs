@@ -475,6 +475,24 @@ fn path_params(ns: &MpNamespace, path: &PathInfo, opts: &ChannelOptions) -> Path
     }
 }
 
+impl Drop for Channel {
+    /// Commands still in flight keep their buffers: the device may write them until the
+    /// control plane has deleted their queue pairs' queues (see `vfnvme::qpair`, "Buffers belong
+    /// to the device"). The registered buffers and the descriptors the channel holds go with
+    /// every queue pair that is not idle, freed when the last of them is deleted.
+    fn drop(&mut self) {
+        let busy = self.qps.iter().flatten().any(|q| !q.is_idle());
+        if !busy {
+            return;
+        }
+        let owned: Arc<Vec<IoDesc>> =
+            Arc::new(self.owned.iter_mut().filter_map(Option::take).collect());
+        for q in self.qps.iter_mut().flatten().filter(|q| !q.is_idle()) {
+            q.keep_until_deleted(Box::new((self.fixed_bufs.clone(), owned.clone())));
+        }
+    }
+}
+
 impl Channel {
     /// Creates a channel with a queue pair on every live path. Call on the thread that will use
     /// it; queue creation is an admin operation, done here (and, for a path that was down now,

@@ -626,7 +626,10 @@ fn a_command_that_keeps_failing_over_gives_up_after_the_fast_fail_time() {
             assert!(failovers > 1, "{failovers} failovers");
             assert!(failing_ms >= 100, "gave up after {failing_ms} ms");
         }
-        other => panic!("expected TooManyFailovers, got {other:?}"),
+        // Under load the control plane can be slower to bring the paths back than the 100 ms
+        // budget: then the read waited for a path on the ring, and its fast-fail ended it.
+        Err(vfnvme_mpath::IoError::NoPath) => assert!(ch.stats().failovers >= 1),
+        other => panic!("expected TooManyFailovers (or NoPath), got {other:?}"),
     }
     assert!(start.elapsed() >= Duration::from_millis(100));
     assert!(buffer_back);
@@ -1205,4 +1208,65 @@ fn a_path_that_had_no_queue_pair_when_the_channel_was_created_is_used_once_it_is
     // Assert: the read completed on path 0.
     assert_eq!(done, vec![(0, Ok(0))]);
     assert_eq!(c0.stats().io(NvmOpcode::READ.0), reads_on_0 + 1);
+}
+
+#[test]
+fn a_dropped_channel_keeps_the_buffers_of_its_commands_until_their_queues_are_deleted() {
+    // Arrange: two reads in flight that the devices never complete, one on a registered buffer
+    // and one on a buffer the channel owns; active-passive, so both are on path 0.
+    let w = world(1);
+    let mut ch = Channel::new(
+        &w.ns,
+        ChannelOptions {
+            policy: Policy::ActivePassive {
+                preferred: 0,
+                failback: true,
+            },
+            ..chan_opts()
+        },
+    )
+    .unwrap();
+    let fixed: Arc<[vfnvme_hugepages::DmaBuf]> = vec![w.pool.alloc(IO_BYTES, 4096).unwrap()].into();
+    ch.register_buffers(fixed.clone()).unwrap();
+    let owned = w.pool.alloc(IO_BYTES, 4096).unwrap();
+    let dom = w.ns.path(0).ctrl.domain();
+    let addrs = [
+        fixed[0].iova(dom, 0).unwrap().0,
+        owned.iova(dom, 0).unwrap().0,
+    ];
+    w.sim.controller(0).faults().drop_commands(2);
+    ch.submit_fixed(
+        IoKind::Read {
+            lba: 0,
+            blocks: IO_BLOCKS,
+        },
+        0,
+        1,
+    )
+    .unwrap();
+    ch.submit(IoDesc::read(8, IO_BLOCKS, owned, 2)).unwrap();
+    ch.ring();
+    assert_eq!(ch.in_flight_per_path(), vec![2, 0]);
+    // Act: the application lets go of everything.
+    drop(ch);
+    drop(fixed);
+    let taken: Vec<_> = (0..64)
+        .map(|_| w.pool.alloc(IO_BYTES, 4096).unwrap())
+        .collect();
+    // Assert: neither buffer is handed out while the device may still write it; both are free
+    // once the control plane has deleted the queues.
+    for a in addrs {
+        assert!(
+            taken.iter().all(|b| b.iova(dom, 0).unwrap().0 != a),
+            "a buffer of a command in flight was reused"
+        );
+    }
+    drop(taken);
+    w.ns.path(0).ctrl.service();
+    let again: Vec<_> = (0..64)
+        .map(|_| w.pool.alloc(IO_BYTES, 4096).unwrap())
+        .collect();
+    for a in addrs {
+        assert!(again.iter().any(|b| b.iova(dom, 0).unwrap().0 == a));
+    }
 }
