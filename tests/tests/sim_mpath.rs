@@ -107,6 +107,21 @@ fn run_with_faults(w: &World, inject: impl FnOnce(&World)) -> Arc<Tally> {
 }
 
 /// A control plane that checks the paths every millisecond (default reconnect timing).
+/// A channel of [`chan_opts`] with active-passive on path 0 (failback on).
+fn active_passive_on_0(w: &World) -> Channel {
+    Channel::new(
+        &w.ns,
+        ChannelOptions {
+            policy: Policy::ActivePassive {
+                preferred: 0,
+                failback: true,
+            },
+            ..chan_opts()
+        },
+    )
+    .unwrap()
+}
+
 fn fast_control(w: &World) -> ControlThread {
     MpathControl::new(
         std::slice::from_ref(&w.ns),
@@ -830,17 +845,7 @@ fn a_path_handed_back_before_its_failed_commands_were_delivered_loses_none() {
     // rung (the doorbell goes at the next poll), so they are in its queue pair when it dies.
     let w = world(1);
     let control = fast_control(&w);
-    let mut ch = Channel::new(
-        &w.ns,
-        ChannelOptions {
-            policy: Policy::ActivePassive {
-                preferred: 0,
-                failback: true,
-            },
-            ..chan_opts()
-        },
-    )
-    .unwrap();
+    let mut ch = active_passive_on_0(&w);
     let bufs: Arc<[vfnvme_hugepages::DmaBuf]> = (0..16)
         .map(|_| w.pool.alloc(IO_BYTES, 4096).unwrap())
         .collect::<Vec<_>>()
@@ -961,17 +966,7 @@ fn a_deferred_replacement_parks_the_old_queue_pairs_failed_commands_when_no_othe
     let control = fast_control(&w);
     w.sim.controller(1).faults().surprise_remove();
     until("path 1 gone", || w.ns.path(1).status() == Gone);
-    let mut ch = Channel::new(
-        &w.ns,
-        ChannelOptions {
-            policy: Policy::ActivePassive {
-                preferred: 0,
-                failback: true,
-            },
-            ..chan_opts()
-        },
-    )
-    .unwrap();
+    let mut ch = active_passive_on_0(&w);
     register(&w, &mut ch, 16);
     submit_reads(&mut ch, 16);
     assert_eq!(ch.in_flight_per_path(), vec![16, 0]);
@@ -1215,17 +1210,7 @@ fn a_dropped_channel_keeps_the_buffers_of_its_commands_until_their_queues_are_de
     // Arrange: two reads in flight that the devices never complete, one on a registered buffer
     // and one on a buffer the channel owns; active-passive, so both are on path 0.
     let w = world(1);
-    let mut ch = Channel::new(
-        &w.ns,
-        ChannelOptions {
-            policy: Policy::ActivePassive {
-                preferred: 0,
-                failback: true,
-            },
-            ..chan_opts()
-        },
-    )
-    .unwrap();
+    let mut ch = active_passive_on_0(&w);
     let fixed: Arc<[vfnvme_hugepages::DmaBuf]> = vec![w.pool.alloc(IO_BYTES, 4096).unwrap()].into();
     ch.register_buffers(fixed.clone()).unwrap();
     let owned = w.pool.alloc(IO_BYTES, 4096).unwrap();

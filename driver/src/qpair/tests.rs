@@ -35,6 +35,13 @@ fn rig_with(b: SimBuilder) -> Rig {
     }
 }
 
+/// A queue pair of `size` entries with a `timeout_ms` command timeout.
+fn queue(r: &Rig, size: u16, timeout_ms: u32) -> QueuePair {
+    r.ctrl
+        .io_queue_pair(QueueOptions { size, timeout_ms })
+        .unwrap()
+}
+
 fn rig() -> Rig {
     rig_with(
         SimSubsystem::builder()
@@ -191,13 +198,7 @@ fn transfers_that_can_never_be_queued_are_refused_not_left_to_retry() {
     // A split needing more commands than the queue holds (MDTS 128 KiB, 7 slots, 1 MiB): not
     // `QueueFull`, which tells the caller to poll and retry, for ever on an idle queue.
     let r = rig();
-    let mut qp = r
-        .ctrl
-        .io_queue_pair(QueueOptions {
-            size: 8,
-            timeout_ms: 1000,
-        })
-        .unwrap();
+    let mut qp = queue(&r, 8, 1000);
     let big = r.pool.alloc(1 << 20, 4096).unwrap();
     let e = qp.read(&r.ns, 0, (1 << 20) / 512, &big, 0, 1).unwrap_err();
     assert!(matches!(e, SubmitError::BadBuffer { .. }), "{e}");
@@ -403,13 +404,7 @@ impl MapDnr for Outcome {
 #[test]
 fn bad_completions_are_reported_and_the_queue_survives() {
     let r = rig();
-    let mut qp = r
-        .ctrl
-        .io_queue_pair(QueueOptions {
-            size: 32,
-            timeout_ms: 50,
-        })
-        .unwrap();
+    let mut qp = queue(&r, 32, 50);
     let buf = r.pool.alloc(4096, 4096).unwrap();
     // Unknown cid: the device completes a read but writes a cid that was never issued.
     qp.read(&r.ns, 0, 8, &buf, 0, 1).unwrap();
@@ -462,13 +457,7 @@ fn bad_completions_are_reported_and_the_queue_survives() {
 #[test]
 fn dropped_command_times_out_then_abort_then_reset() {
     let r = rig();
-    let mut qp = r
-        .ctrl
-        .io_queue_pair(QueueOptions {
-            size: 32,
-            timeout_ms: 50,
-        })
-        .unwrap();
+    let mut qp = queue(&r, 32, 50);
     let buf = r.pool.alloc(4096, 4096).unwrap();
     r.sim.controller(0).faults().drop_commands(1);
     qp.read(&r.ns, 0, 8, &buf, 0, 77).unwrap();
@@ -492,13 +481,7 @@ fn a_timeout_counts_from_submission_never_from_an_older_reading() {
     // any clock reading it kept from its last poll is already past the deadline of a command
     // queued now.
     let r = rig();
-    let mut qp = r
-        .ctrl
-        .io_queue_pair(QueueOptions {
-            size: 32,
-            timeout_ms: 50,
-        })
-        .unwrap();
+    let mut qp = queue(&r, 32, 50);
     let buf = r.pool.alloc(4096, 4096).unwrap();
     qp.read(&r.ns, 0, 8, &buf, 0, 1).unwrap();
     assert!(wait(&mut qp, &r.ctrl, 1, 5)[0].outcome.is_success());
@@ -521,13 +504,7 @@ fn a_timeout_counts_from_submission_never_from_an_older_reading() {
 fn a_slow_command_that_completes_after_its_timeout_keeps_its_status_and_costs_no_reset() {
     // Arrange: a write the device completes after 150 ms, on a queue with a 50 ms timeout.
     let r = rig();
-    let mut qp = r
-        .ctrl
-        .io_queue_pair(QueueOptions {
-            size: 32,
-            timeout_ms: 50,
-        })
-        .unwrap();
+    let mut qp = queue(&r, 32, 50);
     let buf = r.pool.alloc(4096, 4096).unwrap();
     r.sim.controller(0).faults().delay_matching(
         FaultMatch::io(),
@@ -564,13 +541,7 @@ use crate::spec::AdminOpcode;
 fn one_dropped_command_among_busy_ones_still_times_out() {
     // Arrange: a steady stream of reads keeps completions flowing; one read is never completed.
     let r = rig();
-    let mut qp = r
-        .ctrl
-        .io_queue_pair(QueueOptions {
-            size: 32,
-            timeout_ms: 50,
-        })
-        .unwrap();
+    let mut qp = queue(&r, 32, 50);
     let buf = r.pool.alloc(4096, 4096).unwrap();
     r.sim
         .controller(0)

@@ -182,6 +182,11 @@ mod tests {
         Bdf::parse(s).unwrap()
     }
 
+    /// The driver `bdf` is bound to.
+    fn driver(h: &Host, bdf: &str) -> Option<String> {
+        h.paths.driver_of(b(bdf))
+    }
+
     /// 01:00.0 on nvme with nvme0n1p1 mounted at /data, 02:00.0 on vfio-pci (group 8),
     /// 03:00.0 on nvme and free, 04:00.0 a NIC.
     fn machine(tag: &str) -> Fake {
@@ -293,10 +298,7 @@ mod tests {
         );
         assert_eq!(f.read("sys/bus/pci/drivers/nvme/unbind"), "0000:03:00.0");
         assert_eq!(f.read("sys/bus/pci/drivers_probe"), "0000:03:00.0");
-        assert_eq!(
-            h.paths.driver_of(b("0000:03:00.0")).as_deref(),
-            Some("vfio-pci")
-        );
+        assert_eq!(driver(&h, "0000:03:00.0").as_deref(), Some("vfio-pci"));
         assert!(matches!(&o, Outcome::Moved { from: Some(d), .. } if d == "nvme"));
         assert_eq!(
             o.line(b("0000:03:00.0")),
@@ -327,28 +329,16 @@ mod tests {
             "{e}"
         );
         assert!(f.journal().is_empty(), "nothing written: {:?}", f.journal());
-        assert_eq!(
-            h.paths.driver_of(b("0000:01:00.0")).as_deref(),
-            Some("nvme")
-        );
+        assert_eq!(driver(&h, "0000:01:00.0").as_deref(), Some("nvme"));
         assert!(State::load(&h).unwrap().is_none());
 
         // bind_many goes on with the others and exits 1.
         assert_eq!(bind::bind_many(&h, &[], false).unwrap(), 1);
-        assert_eq!(
-            h.paths.driver_of(b("0000:01:00.0")).as_deref(),
-            Some("nvme")
-        );
-        assert_eq!(
-            h.paths.driver_of(b("0000:03:00.0")).as_deref(),
-            Some("vfio-pci")
-        );
+        assert_eq!(driver(&h, "0000:01:00.0").as_deref(), Some("nvme"));
+        assert_eq!(driver(&h, "0000:03:00.0").as_deref(), Some("vfio-pci"));
 
         bind::bind(&h, b("0000:01:00.0"), true).unwrap();
-        assert_eq!(
-            h.paths.driver_of(b("0000:01:00.0")).as_deref(),
-            Some("vfio-pci")
-        );
+        assert_eq!(driver(&h, "0000:01:00.0").as_deref(), Some("vfio-pci"));
     }
 
     #[test]
@@ -465,12 +455,9 @@ mod tests {
         assert_eq!(st.hugepages_nodes[&0], 0);
 
         assert_eq!(bind::reset(&h).unwrap(), 0);
+        assert_eq!(driver(&h, "0000:03:00.0").as_deref(), Some("nvme"));
         assert_eq!(
-            h.paths.driver_of(b("0000:03:00.0")).as_deref(),
-            Some("nvme")
-        );
-        assert_eq!(
-            h.paths.driver_of(b("0000:02:00.0")).as_deref(),
+            driver(&h, "0000:02:00.0").as_deref(),
             Some("vfio-pci"),
             "not bound by this tool: left alone"
         );
@@ -486,10 +473,7 @@ mod tests {
         let h = f.host();
         std::fs::write(f.root.join("proc/sys/vm/nr_hugepages"), "16\n").unwrap();
         assert_eq!(bind::reset(&h).unwrap(), 0);
-        assert_eq!(
-            h.paths.driver_of(b("0000:02:00.0")).as_deref(),
-            Some("vfio-pci")
-        );
+        assert_eq!(driver(&h, "0000:02:00.0").as_deref(), Some("vfio-pci"));
         assert_eq!(f.read("proc/sys/vm/nr_hugepages").trim(), "16");
         assert!(f.journal().is_empty(), "{:?}", f.journal());
         // A second reset after a real one (which removes the record) is the same.
@@ -548,10 +532,7 @@ mod tests {
             ["sys/bus/pci/devices/0000:01:00.0/driver_override "]
         );
         assert_eq!(h.driver_override(b("0000:01:00.0")), None);
-        assert_eq!(
-            h.paths.driver_of(b("0000:01:00.0")).as_deref(),
-            Some("nvme")
-        );
+        assert_eq!(driver(&h, "0000:01:00.0").as_deref(), Some("nvme"));
     }
 
     #[test]
@@ -563,21 +544,15 @@ mod tests {
         assert!(f.journal().is_empty(), "{:?}", f.journal());
         bind::bind(&h, b("0000:03:00.0"), false).unwrap();
         assert_eq!(bind::unbind_many(&h, &[], false).unwrap(), 0);
+        assert_eq!(driver(&h, "0000:03:00.0").as_deref(), Some("nvme"));
         assert_eq!(
-            h.paths.driver_of(b("0000:03:00.0")).as_deref(),
-            Some("nvme")
-        );
-        assert_eq!(
-            h.paths.driver_of(b("0000:02:00.0")).as_deref(),
+            driver(&h, "0000:02:00.0").as_deref(),
             Some("vfio-pci"),
             "not bound by this tool: left alone"
         );
         // Named, it is given back.
         bind::unbind_many(&h, &[b("0000:02:00.0")], false).unwrap();
-        assert_eq!(
-            h.paths.driver_of(b("0000:02:00.0")).as_deref(),
-            Some("nvme")
-        );
+        assert_eq!(driver(&h, "0000:02:00.0").as_deref(), Some("nvme"));
     }
 
     #[test]
@@ -593,10 +568,7 @@ mod tests {
             e.contains("vfio-pci did not bind") && e.contains("back on nvme"),
             "{e}"
         );
-        assert_eq!(
-            h.paths.driver_of(b("0000:03:00.0")).as_deref(),
-            Some("nvme")
-        );
+        assert_eq!(driver(&h, "0000:03:00.0").as_deref(), Some("nvme"));
         assert_eq!(h.driver_override(b("0000:03:00.0")), None);
         assert!(State::load(&h)
             .unwrap()
@@ -621,10 +593,7 @@ mod tests {
         );
         std::fs::remove_file(f.root.join("sys/bus/pci/drivers/nvme/refuse")).unwrap();
         assert_eq!(bind::reset(&h).unwrap(), 0);
-        assert_eq!(
-            h.paths.driver_of(b("0000:03:00.0")).as_deref(),
-            Some("nvme")
-        );
+        assert_eq!(driver(&h, "0000:03:00.0").as_deref(), Some("nvme"));
     }
 
     #[test]
@@ -633,10 +602,7 @@ mod tests {
         let h = f.host();
         std::fs::remove_file(f.dev("0000:03:00.0").join("driver")).unwrap();
         bind::bind(&h, b("0000:03:00.0"), false).unwrap();
-        assert_eq!(
-            h.paths.driver_of(b("0000:03:00.0")).as_deref(),
-            Some("vfio-pci")
-        );
+        assert_eq!(driver(&h, "0000:03:00.0").as_deref(), Some("vfio-pci"));
         assert_eq!(bind::reset(&h).unwrap(), 0);
         assert_eq!(h.paths.driver_of(b("0000:03:00.0")), None);
         assert_eq!(h.driver_override(b("0000:03:00.0")), None);
