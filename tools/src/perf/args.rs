@@ -218,7 +218,8 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
 
-    /// Verify only, for testing the checker: expect a wrong generation in N blocks.
+    /// Verify only, for testing the checker: expect a wrong generation in N I/O units (each of
+    /// -o bytes: every block of a unit is then reported).
     #[arg(long = "inject-mismatch", value_name = "N")]
     pub inject_mismatch: Option<u64>,
 
@@ -284,7 +285,7 @@ pub struct Config {
     pub latency: u8,
     /// JSON report.
     pub json: bool,
-    /// Verify: blocks whose expected generation is corrupted.
+    /// Verify: I/O units whose expected generation is corrupted.
     pub inject_mismatch: u64,
     /// PRNG seed.
     pub seed: u64,

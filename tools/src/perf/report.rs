@@ -369,7 +369,8 @@ pub fn histogram_buckets(s: &Stats) -> Vec<(u64, u64, u64, f64)> {
         if n > 0 {
             out.push((from, to, n, seen as f64 * 100.0 / total as f64));
         }
-        from = to;
+        // `to` is the last value of this bucket (inclusive): the next one starts after it.
+        from = to + 1;
     }
     out
 }
@@ -395,5 +396,15 @@ mod tests {
         let b = histogram_buckets(&s);
         assert_eq!(b.iter().map(|x| x.2).sum::<u64>(), 5);
         assert!((b.last().unwrap().3 - 100.0).abs() < 1e-9);
+        // Each range starts after the last value of the one before it, and holds its values.
+        for w in b.windows(2) {
+            assert!(w[0].1 < w[1].0, "{:?} overlaps {:?}", w[0], w[1]);
+        }
+        for v in [100u64, 200, 300, 5_000] {
+            assert!(
+                b.iter().any(|x| x.0 <= v && v <= x.1),
+                "{v} in no range: {b:?}"
+            );
+        }
     }
 }

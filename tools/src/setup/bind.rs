@@ -289,13 +289,32 @@ fn each(bdfs: &[Bdf], mut f: impl FnMut(Bdf) -> anyhow::Result<Outcome>) -> anyh
     Ok(0)
 }
 
-/// `bind [BDF...]`: every controller given (default: all NVMe controllers). Each one is tried;
-/// the exit code is 1 when any failed or was refused.
+/// `bind [BDF...]`: every controller given, each one tried; the exit code is 1 when any failed
+/// or was refused. By default every NVMe controller that is not in use (as SPDK's `setup.sh`
+/// does: the boot disk is skipped, with a line saying why, not counted as a failure).
 ///
 /// # Errors
 /// No controllers.
 pub fn bind_many(host: &Host, bdfs: &[Bdf], force: bool) -> anyhow::Result<i32> {
-    let t = targets(host, bdfs)?;
+    let mut t = targets(host, bdfs)?;
+    if bdfs.is_empty() && !force {
+        t.retain(|&b| {
+            let st = scan::one(host, b);
+            let uses = st.uses();
+            if uses.is_empty() || st.driver.as_deref() == Some("vfio-pci") {
+                return true;
+            }
+            println!(
+                "{b}: skipped, in use: {} (name it, with --force, to take it anyway)",
+                uses.join("; ")
+            );
+            false
+        });
+        if t.is_empty() {
+            println!("every NVMe controller is in use: nothing bound");
+            return Ok(0);
+        }
+    }
     each(&t, |b| bind(host, b, force))
 }
 

@@ -332,8 +332,10 @@ mod tests {
         assert_eq!(driver(&h, "0000:01:00.0").as_deref(), Some("nvme"));
         assert!(State::load(&h).unwrap().is_none());
 
-        // bind_many goes on with the others and exits 1.
-        assert_eq!(bind::bind_many(&h, &[], false).unwrap(), 1);
+        // Named, a refusal is a failure (exit 1); by default the controller in use is skipped
+        // and the others are bound (exit 0), as SPDK's setup.sh does.
+        assert_eq!(bind::bind_many(&h, &[b("0000:01:00.0")], false).unwrap(), 1);
+        assert_eq!(bind::bind_many(&h, &[], false).unwrap(), 0);
         assert_eq!(driver(&h, "0000:01:00.0").as_deref(), Some("nvme"));
         assert_eq!(driver(&h, "0000:03:00.0").as_deref(), Some("vfio-pci"));
 

@@ -72,7 +72,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Move controllers to vfio-pci (default: every NVMe controller). Idempotent.
+    /// Move controllers to vfio-pci (default: every NVMe controller not in use; one in use is
+    /// skipped unless named with --force). Idempotent.
     Bind {
         /// PCI addresses (0000:01:00.0, 01:00.0 or 'trtype:PCIe traddr:0000:01:00.0').
         bdfs: Vec<Bdf>,
