@@ -446,13 +446,9 @@ impl Controller {
         if cc.en() {
             f.write32(offset::CC, u32::from(cc.with_en(false).with_shn(0)));
         }
-        wait_for(
-            f.as_ref(),
-            self.name(),
-            "CSTS.RDY = 0",
-            self.timeout(),
-            |c| Ok(!c.rdy()),
-        )
+        wait_for(f.as_ref(), self.name(), DISABLED, self.timeout(), |c| {
+            Ok(!c.rdy())
+        })
     }
 
     /// Disable, admin queue, enable, identify, features, AERs; and at first bring-up, the
@@ -1018,6 +1014,13 @@ impl Controller {
         let mut rest = dropped.into_iter();
         while let Some(d) = rest.next() {
             let qid = d.qid;
+            if self.state() == CtrlState::Resetting {
+                // A reset began on another thread meanwhile: as above, free nothing yet.
+                let mut released = self.inner.released.lock().unwrap();
+                released.push(d);
+                released.extend(rest);
+                return;
+            }
             if on_device.contains(&qid) && self.state() == CtrlState::Live {
                 match self.delete_device_queue(qid) {
                     // Refused with a status: the device answered, and does not run the queue.
@@ -1121,6 +1124,10 @@ impl Controller {
             }
         }
         self.delete_dropped_queues();
+        if self.state() != CtrlState::Live {
+            // That step reset the controller, and the reset failed: nothing to re-create.
+            return self.state();
+        }
         // Queues of queue pairs that have rewound since a reset.
         if let Err(e) = self.create_pending_queues() {
             log::warn!("{}: re-creating queues after a reset: {e}", self.name());
@@ -1199,12 +1206,25 @@ impl Controller {
     /// buffer its owner has reused. If it will not disable, bus mastering goes off (no DMA at
     /// all; the next bring-up turns it on again).
     fn mark_failed(&self, e: &Error) {
-        if matches!(e, Error::DeviceGone { .. }) {
+        if matches!(
+            e,
+            Error::DeviceGone { .. } | Error::Pci(crate::pci::Error::DeviceGone { .. })
+        ) {
             self.mark_removed();
             return;
         }
-        if let Err(d) = self.disable() {
-            log::warn!("{}: will not disable ({d}); bus mastering off", self.name());
+        // A disable that just timed out is not tried again (a second CAP.TO of waiting).
+        let disable_timed_out = matches!(e, Error::Timeout { what: DISABLED, .. });
+        let why = if disable_timed_out {
+            Some(e.to_string())
+        } else {
+            self.disable().err().map(|d| d.to_string())
+        };
+        if let Some(why) = why {
+            log::warn!(
+                "{}: will not disable ({why}); bus mastering off",
+                self.name()
+            );
             let _ = self.inner.func.set_bus_master(false);
         }
         self.inner.shared.transition(CtrlState::Failed, true);
@@ -1339,6 +1359,9 @@ impl Drop for Inner {
         }
     }
 }
+
+/// What [`Controller::disable`] waits for (and names when it times out).
+const DISABLED: &str = "CSTS.RDY = 0";
 
 /// Checks that queue `qid`'s doorbells lie inside BAR0: their offsets follow from CAP.DSTRD,
 /// a device value, and ringing past the BAR would be an out-of-bounds access.

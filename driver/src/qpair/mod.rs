@@ -460,6 +460,9 @@ const SCAN_INTERVAL_NS: u64 = 1_000_000;
 
 /// Set in `Tracker::deadline_ns` while it holds the command's timeout, not yet its deadline.
 const UNSTAMPED: u64 = 1 << 63;
+/// `Tracker::deadline_ns` of a command reported for a reset: no deadline any more (without the
+/// `UNSTAMPED` bit, or the next scan would stamp it again).
+const NEVER: u64 = !UNSTAMPED;
 
 /// How a command that timed out ended, when the device completed it after all: `TimedOut` if
 /// the abort sent for it took effect, else what the device said (it was slow, not lost; calling
@@ -1357,7 +1360,9 @@ impl<C: Copy + Default> QueuePair<C> {
             let cid = self.cids.cid_of(slot);
             let t = self.cids.get_mut(slot);
             if t.deadline_ns & UNSTAMPED != 0 {
-                t.deadline_ns = now.saturating_add(t.deadline_ns & !UNSTAMPED);
+                t.deadline_ns = now
+                    .saturating_add(t.deadline_ns & !UNSTAMPED)
+                    .min(NEVER - 1);
             } else if t.deadline_ns <= now {
                 // First: abort, and one more timeout from when the control plane took the
                 // request. Then: reset, and no more reports.
@@ -1368,7 +1373,7 @@ impl<C: Copy + Default> QueuePair<C> {
                 }
                 t.timed_out = true;
                 t.deadline_ns = if escalate {
-                    u64::MAX
+                    NEVER
                 } else {
                     now.saturating_add(grace)
                 };

@@ -101,10 +101,13 @@ pub fn bind(host: &Host, bdf: Bdf, force: bool) -> anyhow::Result<Outcome> {
         }
     }
     host.ensure_driver("vfio-pci", "vfio-pci")?;
+    // An earlier record (of a bind, or an unbind that failed) keeps the original driver.
+    let mut recorded_now = false;
     State::update(host, |s| {
-        s.devices
-            .entry(bdf.to_string())
-            .or_insert_with(|| current.clone());
+        s.devices.entry(bdf.to_string()).or_insert_with(|| {
+            recorded_now = true;
+            current.clone()
+        });
     })?;
     let dev = host.paths.device_dir(bdf);
     host.write(&dev.join("driver_override"), "vfio-pci")?;
@@ -117,9 +120,11 @@ pub fn bind(host: &Host, bdf: Bdf, force: bool) -> anyhow::Result<Outcome> {
     if now.as_deref() != Some("vfio-pci") {
         // Put it back as it was rather than leave it with no driver and a stray override.
         let back = give_back(host, bdf, current.as_deref());
-        State::update(host, |s| {
-            s.devices.remove(&bdf.to_string());
-        })?;
+        if recorded_now {
+            State::update(host, |s| {
+                s.devices.remove(&bdf.to_string());
+            })?;
+        }
         bail!(
             "{bdf}: vfio-pci did not bind; {back}. See `dmesg | tail` — without an IOMMU \
              group vfio-pci needs no-IOMMU mode (`modprobe vfio enable_unsafe_noiommu_mode=1`)"

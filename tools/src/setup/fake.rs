@@ -599,6 +599,25 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_bind_after_a_failed_unbind_keeps_the_original_driver_on_record() {
+        let f = machine("refused-twice");
+        let mut h = f.host();
+        h.bind_timeout = std::time::Duration::from_millis(50);
+        let refuse = |d: &str| f.root.join(format!("sys/bus/pci/drivers/{d}/refuse"));
+        bind::bind(&h, b("0000:03:00.0"), false).unwrap();
+        std::fs::write(refuse("nvme"), "").unwrap();
+        assert!(bind::unbind(&h, b("0000:03:00.0"), false).is_err());
+        std::fs::write(refuse("vfio-pci"), "").unwrap();
+        assert!(bind::bind(&h, b("0000:03:00.0"), false).is_err());
+        let st = State::load(&h).unwrap().unwrap();
+        assert_eq!(st.devices["0000:03:00.0"].as_deref(), Some("nvme"));
+        std::fs::remove_file(refuse("nvme")).unwrap();
+        std::fs::remove_file(refuse("vfio-pci")).unwrap();
+        assert_eq!(bind::reset(&h).unwrap(), 0);
+        assert_eq!(driver(&h, "0000:03:00.0").as_deref(), Some("nvme"));
+    }
+
+    #[test]
     fn reset_leaves_a_controller_that_had_no_driver_without_one() {
         let f = machine("no-driver");
         let h = f.host();
