@@ -612,28 +612,13 @@ impl Channel {
         }
         for (i, path) in self.ns.paths().iter().enumerate() {
             if self.qps[i].is_none() && self.spare[i].is_none() && path.status().usable() {
-                // Down when this channel was created, back now.
-                self.open_queue_pair(i, path);
+                // Down when this channel was created, back now: the control plane makes the
+                // queue pair (an admin operation, never on this thread) and hands it over
+                // through the inbox, as for a re-attached path.
+                self.ns.want_queue_pair(&self.inbox, i);
             }
             let s = self.view(i, path);
             self.set_status(i, s);
-        }
-    }
-
-    /// Creates this channel's queue pair on path `i` (`path`), which has none (an admin
-    /// operation: cold). On failure the path stays `Waiting`, to be tried again at a later
-    /// refresh.
-    #[cold]
-    #[inline(never)]
-    fn open_queue_pair(&mut self, i: usize, path: &Arc<PathInfo>) {
-        match path.ctrl.io_queue_pair_with(self.opts.queue) {
-            Ok(qp) => {
-                log::info!("channel: queue pair on path {i} ({})", path.ctrl.name());
-                self.params[i] = path_params(&self.ns, path, &self.opts);
-                self.qps[i] = Some(Box::new(qp));
-                self.origin[i] = Some(path.clone());
-            }
-            Err(e) => log::warn!("channel: still no queue pair on path {i}: {e}"),
         }
     }
 

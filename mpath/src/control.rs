@@ -116,6 +116,8 @@ impl MpathControl {
                 }
                 changed |= step_path(ns, w, &self.opts);
             }
+            // Queue pairs for channels made while a path was down, now that it is back.
+            changed |= ns.serve_wants();
             if changed {
                 ns.publish();
                 any = true;

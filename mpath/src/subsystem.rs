@@ -103,6 +103,7 @@ impl Subsystem {
             paths: RwLock::new(paths),
             generation: Generation::default(),
             inboxes: Mutex::new(Vec::new()),
+            wants: Mutex::new(Vec::new()),
         }))
     }
 
@@ -174,6 +175,9 @@ pub struct MpNamespace {
     paths: RwLock<Vec<Arc<PathInfo>>>,
     generation: Generation,
     inboxes: Mutex<Vec<(WeakInbox, QueueOptions)>>,
+    /// Channels that have no queue pair on a path (it was down when they were made), by path:
+    /// the control plane makes one once the path is usable ([`MpNamespace::serve_wants`]).
+    wants: Mutex<Vec<(WeakInbox, usize)>>,
 }
 
 impl MpNamespace {
@@ -218,6 +222,68 @@ impl MpNamespace {
             .lock()
             .unwrap()
             .push((Arc::downgrade(inbox), opts));
+    }
+
+    /// A channel (its `inbox`) has no queue pair on path `i`: the control plane makes one, off
+    /// the I/O thread, once the path is usable. Asking again changes nothing.
+    pub(crate) fn want_queue_pair(&self, inbox: &Inbox, i: usize) {
+        let mut wants = self.wants.lock().unwrap();
+        let w = Arc::downgrade(inbox);
+        if !wants.iter().any(|(x, j)| *j == i && x.ptr_eq(&w)) {
+            wants.push((w, i));
+        }
+    }
+
+    /// Control plane: makes the queue pairs that channels asked for ([`Self::want_queue_pair`])
+    /// on paths that are usable now, and leaves them in the channels' inboxes. Returns true if
+    /// it left any (the caller publishes, so that the channels take them).
+    pub(crate) fn serve_wants(&self) -> bool {
+        // Taken out, so that a channel asking meanwhile never waits on queue creation.
+        let mut wants = std::mem::take(&mut *self.wants.lock().unwrap());
+        wants.retain(|(w, _)| w.strong_count() > 0);
+        if wants.is_empty() {
+            return false;
+        }
+        let inboxes: Vec<(WeakInbox, QueueOptions)> = self.inboxes.lock().unwrap().clone();
+        let mut served = false;
+        wants.retain(|(w, i)| {
+            let path = self.path(*i);
+            if !path.status().usable() {
+                return true;
+            }
+            let (Some(inbox), Some(opts)) = (
+                w.upgrade(),
+                inboxes.iter().find(|(x, _)| x.ptr_eq(w)).map(|(_, o)| *o),
+            ) else {
+                return false;
+            };
+            match path.ctrl.io_queue_pair_with(opts) {
+                Ok(qp) => {
+                    log::info!(
+                        "{}: queue pair for a channel that had none",
+                        path.ctrl.name()
+                    );
+                    inbox.lock().unwrap().push((*i, path, qp));
+                    served = true;
+                    false
+                }
+                Err(e) => {
+                    log::warn!(
+                        "{}: queue pair for a channel: {e}; will retry",
+                        path.ctrl.name()
+                    );
+                    true
+                }
+            }
+        });
+        // What is left waits for a later step (with what channels asked for meanwhile).
+        let mut now = self.wants.lock().unwrap();
+        for w in wants {
+            if !now.iter().any(|(x, j)| *j == w.1 && x.ptr_eq(&w.0)) {
+                now.push(w);
+            }
+        }
+        served
     }
 
     /// Replaces path `i` with a new controller for the same port (a device that came back after
