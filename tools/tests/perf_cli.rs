@@ -225,3 +225,15 @@ fn control_plane_on_a_chosen_core() {
     assert!(o.status.success(), "{err}");
     assert!(out.contains(", 0 mismatches"), "{out}");
 }
+
+#[test]
+fn a_namespace_too_small_for_verify_is_a_usage_error() {
+    // Found only once the namespace is open, but still a bad argument: exit 2, with a way out.
+    let o = perf(&["-w", "verify", "-o", "8m", "-d", "10"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        err.contains("too small for verify") && err.contains("lower -q or -o"),
+        "{err}"
+    );
+}

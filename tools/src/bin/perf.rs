@@ -20,7 +20,9 @@ fn main() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::exit(1);
+            // A bad argument found only once the targets are open exits as bad arguments do.
+            let usage = e.downcast_ref::<perf::UsageError>().is_some();
+            std::process::exit(if usage { 2 } else { 1 });
         }
     };
     if cfg.json {

@@ -33,6 +33,19 @@ use worker::{CoreJob, NsPlan, Shared, WorkerParams};
 /// Largest LBA range one worker verifies (bounds the generation table: 4 bytes per I/O unit).
 pub const VERIFY_MAX_BYTES: u64 = 4 << 30;
 
+/// An error in what the command line asked for that shows only once the targets are open (a
+/// namespace too small for the workload): the tool exits 2, as for any bad argument.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
 /// Splits the namespaces among the cores: one [`NsPlan`] per (core, namespace).
 ///
 /// Read and write workloads give every core the whole namespace (sequential ones start each
@@ -121,7 +134,7 @@ fn run_opened(
     available: &[core_affinity::CoreId],
     opened: &target::Opened,
 ) -> anyhow::Result<Report> {
-    let plans = plan(cfg, &opened.targets).map_err(anyhow::Error::msg)?;
+    let plans = plan(cfg, &opened.targets).map_err(|e| anyhow::Error::new(UsageError(e)))?;
     let params = WorkerParams {
         queue_depth: cfg.queue_depth,
         io_size: cfg.io_size,
