@@ -294,30 +294,37 @@ impl DmaRegion {
     pub fn read(&self, offset: usize, dst: &mut [u8]) {
         self.check(offset, dst.len());
         if offset.is_multiple_of(8) && dst.len().is_multiple_of(4) {
-            // Whole words and at most one dword (every queue entry): short enough to inline,
-            // and unrolled when the length is a constant.
-            let len = dst.len();
-            let base = self.0.va.wrapping_add(offset) as *const AtomicU64;
-            let mut words = dst.chunks_exact_mut(8);
-            for (k, w) in words.by_ref().enumerate() {
-                // SAFETY: word `k` of the checked range; 8-aligned (the mapping is page-aligned).
-                let v = unsafe { &*base.add(k) }.load(Ordering::Relaxed);
-                w.copy_from_slice(&v.to_ne_bytes());
-            }
-            let rest = words.into_remainder();
-            if !rest.is_empty() {
-                let at = offset + len - 4;
-                // SAFETY: the last dword of the checked range, 4-aligned.
-                let v =
-                    unsafe { &*(self.0.va.add(at) as *const AtomicU32) }.load(Ordering::Relaxed);
-                rest.copy_from_slice(&v.to_ne_bytes());
-            }
-            return;
+            // Whole words and at most one dword (every queue entry): inline, and unrolled when
+            // the length is a constant.
+            self.read_words(offset, dst);
+        } else {
+            self.read_unaligned(offset, dst);
         }
-        self.read_unaligned(offset, dst);
     }
 
-    /// [`DmaRegion::read`] of a range with an unaligned start or length (checked by the caller).
+    /// [`DmaRegion::read`] of a checked range at an 8-aligned `offset` whose length is a
+    /// multiple of 4: whole words, then at most one dword.
+    #[inline(always)]
+    fn read_words(&self, offset: usize, dst: &mut [u8]) {
+        let len = dst.len();
+        let base = self.0.va.wrapping_add(offset) as *const AtomicU64;
+        let mut words = dst.chunks_exact_mut(8);
+        for (k, w) in words.by_ref().enumerate() {
+            // SAFETY: word `k` of the checked range; 8-aligned (the mapping is page-aligned).
+            let v = unsafe { &*base.add(k) }.load(Ordering::Relaxed);
+            w.copy_from_slice(&v.to_ne_bytes());
+        }
+        let rest = words.into_remainder();
+        if !rest.is_empty() {
+            let at = offset + len - 4;
+            // SAFETY: the last dword of the checked range, 4-aligned.
+            let v = unsafe { &*(self.0.va.add(at) as *const AtomicU32) }.load(Ordering::Relaxed);
+            rest.copy_from_slice(&v.to_ne_bytes());
+        }
+    }
+
+    /// [`DmaRegion::read`] of a range with an unaligned start or length (checked by the caller):
+    /// bytes up to the first word, the words, and the bytes after them.
     #[inline(never)]
     fn read_unaligned(&self, offset: usize, dst: &mut [u8]) {
         let (head_end, words_end) = Self::spans(offset, dst.len());
@@ -326,13 +333,7 @@ impl DmaRegion {
         for (k, b) in head.iter_mut().enumerate() {
             *b = self.atomic_u8(offset + k).load(Ordering::Relaxed);
         }
-        let base = self.0.va.wrapping_add(head_end) as *const AtomicU64;
-        for (k, w) in words.chunks_exact_mut(8).enumerate() {
-            // SAFETY: word `k` of `[head_end, words_end)`: in bounds (checked above) and
-            // 8-aligned (`head_end` is, and the mapping is page-aligned).
-            let v = unsafe { &*base.add(k) }.load(Ordering::Relaxed);
-            w.copy_from_slice(&v.to_ne_bytes());
-        }
+        self.read_words(head_end, words);
         for (k, b) in tail.iter_mut().enumerate() {
             *b = self.atomic_u8(words_end + k).load(Ordering::Relaxed);
         }
@@ -346,26 +347,34 @@ impl DmaRegion {
     pub fn write(&self, offset: usize, src: &[u8]) {
         self.check(offset, src.len());
         if offset.is_multiple_of(8) && src.len().is_multiple_of(4) {
-            let base = self.0.va.wrapping_add(offset) as *const AtomicU64;
-            let mut words = src.chunks_exact(8);
-            for (k, w) in words.by_ref().enumerate() {
-                let v = u64::from_ne_bytes(w.try_into().expect("chunks of 8"));
-                // SAFETY: as in `read`.
-                unsafe { &*base.add(k) }.store(v, Ordering::Relaxed);
-            }
-            let rest = words.remainder();
-            if !rest.is_empty() {
-                let at = offset + src.len() - 4;
-                let v = u32::from_ne_bytes(rest.try_into().expect("one dword"));
-                // SAFETY: as in `read`.
-                unsafe { &*(self.0.va.add(at) as *const AtomicU32) }.store(v, Ordering::Relaxed);
-            }
-            return;
+            self.write_words(offset, src);
+        } else {
+            self.write_unaligned(offset, src);
         }
-        self.write_unaligned(offset, src);
     }
 
-    /// [`DmaRegion::write`] of a range with an unaligned start or length (checked by the caller).
+    /// [`DmaRegion::write`] of a checked range at an 8-aligned `offset` whose length is a
+    /// multiple of 4, as [`DmaRegion::read_words`].
+    #[inline(always)]
+    fn write_words(&self, offset: usize, src: &[u8]) {
+        let base = self.0.va.wrapping_add(offset) as *const AtomicU64;
+        let mut words = src.chunks_exact(8);
+        for (k, w) in words.by_ref().enumerate() {
+            let v = u64::from_ne_bytes(w.try_into().expect("chunks of 8"));
+            // SAFETY: as in `read_words`.
+            unsafe { &*base.add(k) }.store(v, Ordering::Relaxed);
+        }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let at = offset + src.len() - 4;
+            let v = u32::from_ne_bytes(rest.try_into().expect("one dword"));
+            // SAFETY: as in `read_words`.
+            unsafe { &*(self.0.va.add(at) as *const AtomicU32) }.store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// [`DmaRegion::write`] of a range with an unaligned start or length (checked by the caller),
+    /// as [`DmaRegion::read_unaligned`].
     #[inline(never)]
     fn write_unaligned(&self, offset: usize, src: &[u8]) {
         let (head_end, words_end) = Self::spans(offset, src.len());
@@ -374,12 +383,7 @@ impl DmaRegion {
         for (k, &b) in head.iter().enumerate() {
             self.atomic_u8(offset + k).store(b, Ordering::Relaxed);
         }
-        let base = self.0.va.wrapping_add(head_end) as *const AtomicU64;
-        for (k, w) in words.chunks_exact(8).enumerate() {
-            let v = u64::from_ne_bytes(w.try_into().expect("chunks of 8"));
-            // SAFETY: as in `read`.
-            unsafe { &*base.add(k) }.store(v, Ordering::Relaxed);
-        }
+        self.write_words(head_end, words);
         for (k, &b) in tail.iter().enumerate() {
             self.atomic_u8(words_end + k).store(b, Ordering::Relaxed);
         }
@@ -398,7 +402,7 @@ impl DmaRegion {
         }
         let base = self.0.va.wrapping_add(head_end) as *const AtomicU64;
         for k in 0..(words_end - head_end) / 8 {
-            // SAFETY: as in `read`.
+            // SAFETY: as in `read_words`.
             unsafe { &*base.add(k) }.store(w, Ordering::Relaxed);
         }
     }

@@ -807,54 +807,30 @@ impl Channel {
     }
 
     /// Builds and queues `cmd` on path `p`: a new command id, the nsid of this path's namespace,
-    /// PRPs in this path's DMA domain.
+    /// PRPs in this path's DMA domain. A read or write on a registered buffer is passed as its
+    /// fields, not a [`Cmd`]: the command is built right where the queue pair stores it, which
+    /// keeps it out of a stack copy (stored field by field, then loaded whole: a
+    /// store-forwarding stall).
     #[inline(always)]
     fn send(&mut self, p: usize, cmd: &Cmd) -> Result<(), SubmitError> {
         match cmd.kind() {
             kind @ (CmdKind::FixedRead | CmdKind::FixedWrite) => {
-                let write = kind == CmdKind::FixedWrite;
-                self.send_fixed_rw(
-                    p,
-                    write,
+                let qp = self.qps[p].as_mut().expect("picked path has a queue pair");
+                let buf = cmd.buf();
+                issue_fixed_rw(
+                    qp,
+                    &self.params[p].info,
+                    &self.fixed_bufs[buf as usize],
+                    kind == CmdKind::FixedWrite,
                     cmd.lba,
                     cmd.blocks(),
-                    cmd.buf(),
+                    buf,
                     cmd.tag,
                     cmd.slot(),
                 )
             }
             _ => self.send_held(p, *cmd),
         }
-    }
-
-    /// Queues a read or write on registered buffer `buf` on path `p`. Takes the fields, not a
-    /// [`Cmd`]: the command is built right where the queue pair stores it, which keeps it out of
-    /// a stack copy (stored field by field, then loaded whole: a store-forwarding stall).
-    #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
-    fn send_fixed_rw(
-        &mut self,
-        p: usize,
-        write: bool,
-        lba: u64,
-        blocks: u32,
-        buf: u32,
-        tag: u64,
-        slot: u32,
-    ) -> Result<(), SubmitError> {
-        let qp = self.qps[p].as_mut().expect("picked path has a queue pair");
-        let b = &self.fixed_bufs[buf as usize];
-        issue_fixed_rw(
-            qp,
-            &self.params[p].info,
-            b,
-            write,
-            lba,
-            blocks,
-            buf,
-            tag,
-            slot,
-        )
     }
 
     /// [`Channel::send`] for a command kept in a slot: a passthrough command or a descriptor
@@ -1280,20 +1256,18 @@ impl Channel {
                     // the application, say). Held until then; drain_requeue completes it.
                     s.gave_up = Some(c.outcome);
                     s.not_before_ns = now + self.params[p].cqt_ns;
-                    s.deadline_ns = s.not_before_ns;
+                    wait_ns = 0;
                     self.stats.quiesce_waits += 1;
-                    let pushed = self.requeue.push(cmd.slot());
-                    debug_assert!(pushed, "the ring holds every slot");
-                    return false;
-                }
-                s.retry_same = false;
-                s.not_before_ns = if cmd.idempotent() {
-                    now
                 } else {
-                    self.stats.quiesce_waits += 1;
-                    now + self.params[p].cqt_ns
-                };
-                self.stats.failovers += 1;
+                    s.retry_same = false;
+                    s.not_before_ns = if cmd.idempotent() {
+                        now
+                    } else {
+                        self.stats.quiesce_waits += 1;
+                        now + self.params[p].cqt_ns
+                    };
+                    self.stats.failovers += 1;
+                }
             }
             Disposition::Complete => unreachable!(),
         }

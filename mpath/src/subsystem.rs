@@ -227,11 +227,7 @@ impl MpNamespace {
     /// A channel (its `inbox`) has no queue pair on path `i`: the control plane makes one, off
     /// the I/O thread, once the path is usable. Asking again changes nothing.
     pub(crate) fn want_queue_pair(&self, inbox: &Inbox, i: usize) {
-        let mut wants = self.wants.lock().unwrap();
-        let w = Arc::downgrade(inbox);
-        if !wants.iter().any(|(x, j)| *j == i && x.ptr_eq(&w)) {
-            wants.push((w, i));
-        }
+        add_want(&mut self.wants.lock().unwrap(), (Arc::downgrade(inbox), i));
     }
 
     /// Control plane: makes the queue pairs that channels asked for ([`Self::want_queue_pair`])
@@ -279,9 +275,7 @@ impl MpNamespace {
         // What is left waits for a later step (with what channels asked for meanwhile).
         let mut now = self.wants.lock().unwrap();
         for w in wants {
-            if !now.iter().any(|(x, j)| *j == w.1 && x.ptr_eq(&w.0)) {
-                now.push(w);
-            }
+            add_want(&mut now, w);
         }
         served
     }
@@ -338,6 +332,13 @@ impl MpNamespace {
         drop(inboxes);
         self.publish();
         Ok(())
+    }
+}
+
+/// Adds a channel's wish for a queue pair on a path, unless it is there already.
+fn add_want(wants: &mut Vec<(WeakInbox, usize)>, want: (WeakInbox, usize)) {
+    if !wants.iter().any(|(x, j)| *j == want.1 && x.ptr_eq(&want.0)) {
+        wants.push(want);
     }
 }
 

@@ -27,7 +27,7 @@ use zerocopy::FromBytes;
 
 use crate::pci::PciFunction;
 use crate::qpair::ring::{Rings, ShadowPages, CQE_SIZE, SQE_SIZE};
-use crate::qpair::{NsInfo, QueueOptions, QueuePair, QueueSetup, QueueSync};
+use crate::qpair::{Dropped, NsInfo, QueueOptions, QueuePair, QueueSetup, QueueSync};
 use crate::spec::features::{aec, fid, NumberOfQueues};
 use crate::spec::identify::{
     cns, parse_ns_descriptors, parse_nsid_list, IdentifyController, IdentifyNamespace, NsIdentifier,
@@ -323,12 +323,23 @@ impl Controller {
             None,
         );
         let shadow = if opts.shadow_doorbells {
-            let stride = cap.doorbell_stride_bytes();
-            Some(Arc::new(ShadowPages {
+            let pages = ShadowPages {
                 shadow: pool.alloc(4096, 4096).map_err(dma)?,
                 eventidx: pool.alloc(4096, 4096).map_err(dma)?,
-                stride,
-            }))
+                stride: cap.doorbell_stride_bytes(),
+            };
+            let last_qid = opts.io_queues.max(1);
+            if pages.covers(last_qid) {
+                Some(Arc::new(pages))
+            } else {
+                // Each buffer is one page (NVMe 2.0, Doorbell Buffer Config): with this doorbell
+                // stride, the doorbells of the last queues would lie past it.
+                log::info!(
+                    "{name}: the shadow doorbell page cannot hold {last_qid} queues' doorbells at \
+                     CAP.DSTRD {dstrd}; using MMIO doorbells"
+                );
+                None
+            }
         } else {
             None
         };
@@ -511,16 +522,7 @@ impl Controller {
         // Shadow doorbells.
         let mut shadow_on = false;
         if let Some(sh) = &self.inner.shadow {
-            let last_qid = self.inner.opts.io_queues.max(1);
-            if id.supports_dbbuf() && !sh.covers(last_qid) {
-                // Each buffer is one page (NVMe 2.0, Doorbell Buffer Config): with this doorbell
-                // stride, the doorbells of the last queues would lie past it.
-                log::info!(
-                    "{name}: the shadow doorbell page cannot hold {last_qid} queues' doorbells \
-                     at CAP.DSTRD {}; using MMIO doorbells",
-                    self.inner.cap.dstrd()
-                );
-            } else if id.supports_dbbuf() {
+            if id.supports_dbbuf() {
                 sh.shadow.fill(0, 4096, 0);
                 sh.eventidx.fill(0, 4096, 0);
                 let (Some(s), Some(e)) = (sh.shadow.iova(dom, 0), sh.eventidx.iova(dom, 0)) else {
@@ -999,6 +1001,13 @@ impl Controller {
         Ok(())
     }
 
+    /// Puts dropped queue pairs back for a later step: their memory is not freed now.
+    fn hold_dropped(&self, d: Dropped, rest: impl Iterator<Item = Dropped>) {
+        let mut released = self.inner.released.lock().unwrap();
+        released.push(d);
+        released.extend(rest);
+    }
+
     /// Deletes the device queues of dropped queue pairs (SQ first, then CQ).
     fn delete_dropped_queues(&self) {
         if self.state() == CtrlState::Resetting {
@@ -1016,9 +1025,7 @@ impl Controller {
             let qid = d.qid;
             if self.state() == CtrlState::Resetting {
                 // A reset began on another thread meanwhile: as above, free nothing yet.
-                let mut released = self.inner.released.lock().unwrap();
-                released.push(d);
-                released.extend(rest);
+                self.hold_dropped(d, rest);
                 return;
             }
             if on_device.contains(&qid) && self.state() == CtrlState::Live {
@@ -1030,10 +1037,7 @@ impl Controller {
                         // and reset the controller (which drops every queue in the device);
                         // the next step frees it.
                         log::warn!("{}: deleting queue {qid}: {e}; resetting", self.name());
-                        let mut released = self.inner.released.lock().unwrap();
-                        released.push(d);
-                        released.extend(rest);
-                        drop(released);
+                        self.hold_dropped(d, rest);
                         let _ = self.reset();
                         return;
                     }

@@ -415,7 +415,6 @@ pub struct QueuePair<C = u64> {
     /// See [`QueuePair::keep_until_deleted`].
     kept: Vec<Box<dyn std::any::Any + Send>>,
     timeout_ns: u64,
-    now_ns: u64,
     ticks: u32,
     next_scan_ns: u64,
     /// Commands completed by a reset or removal, delivered by the next poll.
@@ -469,9 +468,7 @@ const NEVER: u64 = !UNSTAMPED;
 /// it timed out would have a caller resend a command that ran).
 #[cold]
 fn timed_out_outcome(status: Status) -> Outcome {
-    if status.sct() == crate::spec::status::sct::GENERIC
-        && status.sc() == crate::spec::status::generic::ABORT_REQUESTED
-    {
+    if status.sct() == sct::GENERIC && status.sc() == generic::ABORT_REQUESTED {
         Outcome::TimedOut
     } else {
         Outcome::Status(status)
@@ -504,7 +501,6 @@ impl<C: Copy + Default> QueuePair<C> {
             shadow_pages: s.shadow_pages,
             kept: Vec::new(),
             timeout_ns: s.opts.timeout_ms as u64 * 1_000_000,
-            now_ns: 0,
             ticks: 0,
             next_scan_ns: crate::clock::now_ns() + SCAN_INTERVAL_NS,
             failed: Vec::new(),
@@ -576,11 +572,6 @@ impl<C: Copy + Default> QueuePair<C> {
         self.shared.state()
     }
 
-    #[inline(always)]
-    fn refresh_clock(&mut self) {
-        self.now_ns = crate::clock::now_ns();
-    }
-
     /// Whether commands may be queued now: the controller live in this queue pair's epoch and
     /// its queues re-created since the last reset. The common case is two compares.
     #[inline(always)]
@@ -605,8 +596,9 @@ impl<C: Copy + Default> QueuePair<C> {
                 // bring-up's Doorbell Buffer Config said (it may have been refused this time,
                 // or taken only now).
                 if self.ready_epoch != self.epoch {
-                    let shadow = self.sync.shadow().then(|| self.shadow_pages.clone());
-                    self.rings.set_shadow(shadow.flatten());
+                    let on = self.sync.shadow();
+                    self.rings
+                        .set_shadow(self.shadow_pages.clone().filter(|_| on));
                     self.ready_epoch = self.epoch;
                 }
                 Ok(())
@@ -1334,12 +1326,11 @@ impl<C: Copy + Default> QueuePair<C> {
     /// own status); if it is still in flight after that, it is reported for a controller reset.
     #[cold]
     fn check_timeouts(&mut self) {
-        self.refresh_clock();
-        if self.now_ns < self.next_scan_ns {
+        let now = crate::clock::now_ns();
+        if now < self.next_scan_ns {
             return;
         }
-        self.next_scan_ns = self.now_ns + SCAN_INTERVAL_NS;
-        let now = self.now_ns;
+        self.next_scan_ns = now + SCAN_INTERVAL_NS;
         let qid = self.qid();
         let grace = self.timeout_ns;
         let mut expired = Vec::new();

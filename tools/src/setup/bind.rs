@@ -140,8 +140,8 @@ pub fn bind(host: &Host, bdf: Bdf, force: bool) -> anyhow::Result<Outcome> {
 /// After a failed bind: clears the override and lets `original` (the driver the controller had)
 /// take it again. Returns what happened, for the error message.
 fn give_back(host: &Host, bdf: Bdf, original: Option<&str>) -> String {
-    let dev = host.paths.device_dir(bdf);
-    let _ = host.write(&dev.join("driver_override"), "\n");
+    // Best effort, each step whether or not the one before took.
+    let _ = host.write(&host.paths.device_dir(bdf).join("driver_override"), "\n");
     if let Some(d) = host.paths.driver_of(bdf) {
         let _ = host.write(&host.driver_dir(&d).join("unbind"), &bdf.to_string());
     }
@@ -356,12 +356,7 @@ fn release(host: &Host, bdf: Bdf) -> anyhow::Result<Outcome> {
             holders.join(", ")
         );
     }
-    let dev = host.paths.device_dir(bdf);
-    host.write(&dev.join("driver_override"), "\n")?;
-    if let Some(d) = &st.driver {
-        host.write(&host.driver_dir(d).join("unbind"), &bdf.to_string())
-            .with_context(|| format!("unbinding {bdf} from {d}"))?;
-    }
+    detach(host, bdf, st.driver.as_deref())?;
     State::update(host, |s| {
         s.devices.remove(&bdf.to_string());
     })?;
@@ -372,16 +367,20 @@ fn release(host: &Host, bdf: Bdf) -> anyhow::Result<Outcome> {
     })
 }
 
+/// Clears `bdf`'s driver override and unbinds it from `driver`, its current one: it is left
+/// with no driver.
+fn detach(host: &Host, bdf: Bdf, driver: Option<&str>) -> anyhow::Result<()> {
+    host.write(&host.paths.device_dir(bdf).join("driver_override"), "\n")?;
+    if let Some(d) = driver {
+        host.write(&host.driver_dir(d).join("unbind"), &bdf.to_string())
+            .with_context(|| format!("unbinding {bdf} from {d}"))?;
+    }
+    Ok(())
+}
+
 /// The controllers in the state file.
 fn recorded(host: &Host) -> anyhow::Result<Vec<Bdf>> {
-    Ok(State::load(host)?
-        .map(|s| {
-            s.devices
-                .keys()
-                .filter_map(|b| Bdf::parse(b).ok())
-                .collect()
-        })
-        .unwrap_or_default())
+    Ok(State::load(host)?.map(|s| s.bdfs()).unwrap_or_default())
 }
 
 /// Names the NVMe controllers on vfio-pci that are not in `done` (not bound by this tool).
@@ -421,11 +420,7 @@ pub fn reset(host: &Host) -> anyhow::Result<i32> {
         return Ok(0);
     };
     let mut code = 0;
-    let bdfs: Vec<Bdf> = state
-        .devices
-        .keys()
-        .filter_map(|b| Bdf::parse(b).ok())
-        .collect();
+    let bdfs = state.bdfs();
     let restore = |pages: u64, node: Option<u32>| match super::hugepages::restore(host, pages, node)
     {
         Ok(r) => {

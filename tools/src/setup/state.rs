@@ -25,6 +25,14 @@ pub struct State {
 }
 
 impl State {
+    /// The controllers recorded.
+    pub fn bdfs(&self) -> Vec<vfnvme::pci::sysfs::Bdf> {
+        self.devices
+            .keys()
+            .filter_map(|b| vfnvme::pci::sysfs::Bdf::parse(b).ok())
+            .collect()
+    }
+
     /// Reads the state file; `Ok(None)` when there is none.
     ///
     /// # Errors
