@@ -434,14 +434,19 @@ pub struct Channel {
     /// Paths of the best usable tier (optimized, else non-optimized), rebuilt when a status
     /// changes; the common-case pick reads only this.
     tier: Vec<usize>,
-    tier_dirty: bool,
     /// The path every common-case pick returns until the path view or the policy changes
-    /// (active-passive, or a single usable path), else [`NO_PATH`]; rebuilt with `tier`.
+    /// (active-passive, or a single usable path); [`VARIES`] when the pick varies per command;
+    /// [`STALE`] when `tier` and this must be rebuilt first. One compare in the common case.
     sole: usize,
 }
 
-/// No path: [`Channel::sole`] when the pick varies per command, `Entry::path` while parked.
+/// No path: `Entry::path` while a command is parked.
 const NO_PATH: usize = usize::MAX;
+/// [`Channel::sole`] when the pick varies per command (round-robin or least-queue-depth over
+/// more than one path, or no usable path).
+const VARIES: usize = usize::MAX;
+/// [`Channel::sole`] when the path view or the policy changed since the tier was built.
+const STALE: usize = usize::MAX - 1;
 
 /// What the channel needs to know about one path's controller.
 #[derive(Clone, Copy)]
@@ -554,8 +559,7 @@ impl Channel {
             inbox,
             stats: ChannelStats::default(),
             tier: Vec::with_capacity(n),
-            tier_dirty: true,
-            sole: NO_PATH,
+            sole: STALE,
         };
         ch.refresh();
         Ok(ch)
@@ -569,7 +573,7 @@ impl Channel {
     /// Switches the path policy.
     pub fn set_policy(&mut self, policy: Policy) {
         self.opts.policy = policy;
-        self.tier_dirty = true;
+        self.sole = STALE;
     }
 
     /// What the channel did so far.
@@ -702,7 +706,6 @@ impl Channel {
     #[cold]
     #[inline(never)]
     fn rebuild_tier(&mut self) {
-        self.tier_dirty = false;
         self.tier.clear();
         let best = if self.status.contains(&PathStatus::Optimized) {
             PathStatus::Optimized
@@ -714,12 +717,12 @@ impl Channel {
         // Active-passive picks the same path until a status changes; so does any policy when
         // one path is usable (round-robin's turn restarts on it).
         self.sole = match self.opts.policy {
-            Policy::ActivePassive { .. } => self.pick(None).unwrap_or(NO_PATH),
+            Policy::ActivePassive { .. } => self.pick(None).unwrap_or(VARIES),
             _ if self.tier.len() == 1 => {
                 self.selector.restart_on(self.tier[0]);
                 self.tier[0]
             }
-            _ => NO_PATH,
+            _ => VARIES,
         };
     }
 
@@ -728,11 +731,20 @@ impl Channel {
     /// without looking at anything else.
     #[inline]
     fn pick_any(&mut self) -> Option<usize> {
-        if self.tier_dirty {
-            self.rebuild_tier();
-        }
-        if self.sole != NO_PATH {
+        if self.sole < STALE {
             return Some(self.sole);
+        }
+        self.pick_varying()
+    }
+
+    /// [`Channel::pick_any`] when the cached pick is stale or varies per command.
+    #[inline]
+    fn pick_varying(&mut self) -> Option<usize> {
+        if self.sole == STALE {
+            self.rebuild_tier();
+            if self.sole != VARIES {
+                return Some(self.sole);
+            }
         }
         if let Policy::RoundRobin { min_ios } = self.opts.policy {
             return self.selector.round_robin(&self.tier, min_ios);
@@ -770,7 +782,7 @@ impl Channel {
     /// `sole` is recomputed before the next common-case pick.
     fn pick(&mut self, exclude: Option<usize>) -> Option<usize> {
         if exclude.is_some() {
-            self.tier_dirty = true;
+            self.sole = STALE;
         }
         if matches!(self.opts.policy, Policy::LeastQueueDepth) {
             for (i, q) in self.qps.iter().enumerate() {
@@ -786,7 +798,7 @@ impl Channel {
     fn set_status(&mut self, p: usize, s: PathStatus) {
         if self.status[p] != s {
             self.status[p] = s;
-            self.tier_dirty = true;
+            self.sole = STALE;
         }
     }
 
@@ -960,18 +972,21 @@ impl Channel {
 
     /// Submits a command on registered buffer `buf` (the whole buffer for passthrough; the first
     /// `blocks` blocks for reads and writes). It fails over like any other command; its
-    /// completion carries `buf_index` and no buffers.
+    /// completion carries `buf_index` and no buffers. A read or write goes by the path view of
+    /// the last [`Channel::poll`]: path changes published since are taken up by the next one.
     ///
     /// # Errors
     /// [`RefuseReason::Full`] (poll and retry), `NoPath`, or `Invalid` (including an index past
     /// the registered buffers).
     #[inline(always)]
     pub fn submit_fixed(&mut self, kind: IoKind, buf: u32, tag: u64) -> Result<(), RefuseReason> {
-        // The common case, small enough to inline into the caller's loop: a read or write, the
-        // path view current, room in the channel, and the picked path takes it. The command
-        // needs no slot: all of it travels in its queue pair's command-id table.
+        // The common case, small enough to inline into the caller's loop: a read or write, room
+        // in the channel, and the picked path takes it. The command needs no slot: all of it
+        // travels in its queue pair's command-id table. The path view is the one the last poll
+        // saw (a new generation is taken up there, as the design has it): a command sent to a
+        // path that has failed since is refused by its queue pair or fails over like any other.
         if let IoKind::Read { lba, blocks } | IoKind::Write { lba, blocks } = kind {
-            if self.generation == self.ns.generation() && self.outstanding < self.entries.len() {
+            if self.outstanding < self.entries.len() {
                 if let Some(p) = self.pick_any() {
                     // The buffer is looked up once, here, after the pick (which may rebuild
                     // the channel's view, so a length checked before it would be checked again).
@@ -1127,14 +1142,14 @@ impl Channel {
                 continue;
             };
             loop {
+                // Successes counted once per batch, not once each.
+                let mut ok = 0;
                 let r = q.poll(max, |c| {
                     // The common case, inline: a registered-buffer read or write (the only
                     // commands without a slot) that succeeded.
                     let cmd = c.tag;
                     if c.outcome.is_success() && cmd.slot() == NO_SLOT {
-                        self.outstanding -= 1;
-                        self.stats.completed += 1;
-                        n += 1;
+                        ok += 1;
                         let mut done = MpCompletion {
                             tag: cmd.tag,
                             result: Ok(c.dw0),
@@ -1150,6 +1165,9 @@ impl Channel {
                         n += 1;
                     }
                 });
+                self.outstanding -= ok;
+                self.stats.completed += ok as u64;
+                n += ok;
                 match r {
                     Ok(_) => break,
                     Err(e) => {
