@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench.sh — reproduces every table of docs/benchmarks.md.
 #
-#   tests/vm/bench.sh [sim] [callgrind] [guest]      (no argument: all three, in that order)
+#   tests/vm/bench.sh [sim] [callgrind] [guest] [guest_report]   (no argument: the first three)
 #
 #   sim        host, inline simulator: vfnvme-perf 4 KiB randread, null namespace, 1 core, QD 1,
 #              32 and 128, each repeated; then QD 128 bare queue pair vs --multipath over 1 and 2
@@ -13,6 +13,7 @@
 #              controller and on both (--multipath), then the kernel nvme driver with fio
 #              (io_uring on the multipath head, io_uring_cmd on its char device, io_uring --hipri
 #              with a poll queue); guest half: tests/vm/bench-guest.sh
+#   guest_report the guest tables again from the boot already in BENCH_OUT (no boot)
 #
 # Environment:
 #   BENCH_OUT=DIR          raw results and results.md          [target/bench/<UTC date-time>]
@@ -45,8 +46,8 @@ PERF=$REPO/target/release/vfnvme-perf
 STAGES=("$@")
 [ ${#STAGES[@]} -gt 0 ] || STAGES=(sim callgrind guest)
 for s in "${STAGES[@]}"; do
-    case "$s" in sim|callgrind|guest) ;; -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
-        *) echo "bench.sh: unknown stage '$s' (sim, callgrind, guest)" >&2; exit 2 ;; esac
+    case "$s" in sim|callgrind|guest|guest_report) ;; -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
+        *) echo "bench.sh: unknown stage '$s' (sim, callgrind, guest, guest_report)" >&2; exit 2 ;; esac
 done
 
 SIM_REPS=${BENCH_SIM_REPS:-3}
@@ -78,9 +79,9 @@ cp "$PERF" "$OUT/vfnvme-perf"
 PERF=$OUT/vfnvme-perf
 
 # ---------------------------------------------------------------------------------------------
-# The machine
+# The machine (kept from the boot when only reporting it again)
 # ---------------------------------------------------------------------------------------------
-{
+[ "${STAGES[*]}" = guest_report ] && [ -s "$OUT/machine.env" ] || {
     echo "date=$(date -u '+%Y-%m-%d %H:%M:%S UTC')"
     echo "nproc=$(nproc)"
     echo "cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
@@ -92,6 +93,19 @@ PERF=$OUT/vfnvme-perf
     echo "commit=$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null)$(cd "$REPO" && git diff --quiet HEAD -- driver mpath hugepages tools 2>/dev/null || echo ' (+ uncommitted changes in driver/mpath/hugepages/tools)')"
     echo "load=$(cut -d' ' -f1-3 /proc/loadavg)"
 } > "$OUT/machine.env"
+
+host_sampler() {   # once a second: UTC seconds, CPU steal % and busy % (both cores) since the last
+    local u n sy i w q sq st rest t prev_t= prev_st= prev_i=
+    while :; do
+        read -r _ u n sy i w q sq st rest < /proc/stat
+        t=$((u + n + sy + i + w + q + sq + st))
+        if [ -n "$prev_t" ] && [ "$t" -gt "$prev_t" ]; then
+            echo "$(date +%s) $((100 * (st - prev_st) / (t - prev_t))) $((100 - 100 * (i + w - prev_i) / (t - prev_t)))"
+        fi
+        prev_t=$t prev_st=$st prev_i=$((i + w))
+        sleep 1
+    done
+}
 
 machine() {   # the machine block, printed with every table
     say ""
@@ -365,8 +379,26 @@ stage_guest() {
     local cmd="$HERE/bench-guest.sh $PERF /rig/bench $G_REPS $G_SECS $G_DEADLINE $G_AB"
     log "guest: RIG_BACKING=null RIG_TIMEOUT=${RIG_TIMEOUT:-420} RIG_RUNDIR=$rd tests/vm/run-guest.sh '$cmd'"
     local rc=0
+    # The host's CPU steal and load during the boot, once a second: a noisy boot shows here.
+    host_sampler > "$rd/host-cpu.txt" &
+    local sampler=$!
     RIG_BACKING=null RIG_TIMEOUT=${RIG_TIMEOUT:-420} RIG_RUNDIR=$rd "$HERE/run-guest.sh" "$cmd" >&2 || rc=$?
+    kill "$sampler" 2> /dev/null
+    wait "$sampler" 2> /dev/null || true
+    echo "$rc" > "$rd/boot.rc"
     [ "$rc" = 0 ] || log "guest exited with $rc (see $rd/out.log, $rd/console.log)"
+    # On a fresh machine the rig installs QEMU and fio during the boot: record their versions now.
+    sed -i -e "s|^qemu=\$|qemu=$(qemu-system-x86_64 --version 2>/dev/null | head -1)|" \
+        -e "s|^fio=\$|fio=$(fio --version 2>/dev/null)|" "$OUT/machine.env"
+    stage_guest_report
+}
+
+# The report of a guest boot already in $BENCH_OUT/guest (`bench.sh guest_report`: after a boot
+# whose report was lost, or to report it again).
+stage_guest_report() {
+    local rd=$OUT/guest
+    local rc
+    rc=$(cat "$rd/boot.rc" 2> /dev/null || echo unknown)
     local genv=$rd/bench/guest.env
     say ""
     say "## Guest (QEMU TCG): vfnvme over VFIO vs the kernel nvme driver, 4 KiB random reads"
@@ -388,6 +420,8 @@ stage_guest() {
     say '```'
     say ""
     python_table guest "$G_REPS" "$G_AB" | tee -a "$REPORT"
+    say ""
+    say "Host CPU during the boot ($rd/host-cpu.txt, 1 s samples of /proc/stat over both cores): $(awk '{n++; st+=$2; bu+=$3; if ($2>mx) mx=$2} END {if (n) printf "steal mean %.1f%%, max %d%%; busy mean %.1f%% (%d samples)", st/n, mx, bu/n, n; else printf "no samples"}' "$rd/host-cpu.txt")."
     local f
     for f in "$rd"/bench/*.rc; do
         [ -e "$f" ] || continue
