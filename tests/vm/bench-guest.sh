@@ -2,7 +2,7 @@
 # bench-guest.sh — runs INSIDE the rig guest for bench.sh: vfnvme-perf over VFIO, then the kernel
 # nvme driver with fio, on the same emulated subsystem, in one boot.
 #
-#   bench-guest.sh PERF OUTDIR REPS SECS DEADLINE [AB]
+#   bench-guest.sh PERF OUTDIR REPS SECS DEADLINE [AB [ORDER]]
 #
 #   PERF      the vfnvme-perf binary (host-built, seen through the 9p root)
 #   OUTDIR    where the raw results go (under /rig, so the host reads them after the boot)
@@ -17,8 +17,14 @@
 #             haltpoll)                                                   -> vf1ab-*, kpollab-*
 #             shadow: also run vfnvme (1 controller) at every QD with --no-shadow-doorbells
 #             (MMIO doorbells only; the kernel has no such switch)                 -> vf1ab-*
+#             (- for none, when ORDER follows)
+#   ORDER     rounds (default): each repeat runs all three stages below, the controllers handed
+#             from vfio-pci to nvme and back between them, so that every vfnvme run has kernel
+#             runs of the same repeat within about two minutes of it (the host drifts over
+#             minutes, and a ratio of runs far apart measures the drift too); blocks: every
+#             repeat of stage 1, then of stage 2, then of stage 3 (one rebinding in all)
 #
-# Stages, in order:
+# Stages (in each round, or each for all repeats):
 #   1. bind both controllers to vfio-pci (64 hugepages); per rep, per QD (1, 32):
 #      vfnvme-perf on controller 0 and --multipath on both, in turns (odd reps one controller
 #      first, even reps multipath first: the first QD 1 run after QD 32 runs is faster)
@@ -27,11 +33,15 @@
 #      /dev/nvmeXn1 (--direct=1), then fio io_uring_cmd on its char device /dev/ngXn1 (NVMe
 #      passthrough: no page cache, and the char device refuses O_DIRECT, so no --direct)  -> kio-*.json, kcmd-*.json
 #   3. `rmmod nvme; modprobe nvme poll_queues=1`; fio io_uring --hipri   -> kpoll-*.json
+# A deadline on guest uptime keeps the boot inside RIG_TIMEOUT: no polled-kernel run starts
+# after it, and in rounds no round starts that the first round's length says would pass it.
 # Every run writes OUTDIR/<name>.json (the tool's JSON) and OUTDIR/<name>.err; failures are
 # logged and the script goes on. The logic is plain sh and kept short: forks are slow under TCG.
 set -u
 
-PERF=$1 OUT=$2 REPS=$3 SECS=$4 DEADLINE=$5 AB=${6:-}
+PERF=$1 OUT=$2 REPS=$3 SECS=$4 DEADLINE=$5 AB=${6:-} ORDER=${7:-rounds}
+[ "$AB" = - ] && AB=
+case "$ORDER" in rounds|blocks) ;; *) echo "bench-guest: ORDER must be rounds or blocks" >&2; exit 2 ;; esac
 QDS="1 32"
 mkdir -p "$OUT"
 
@@ -43,6 +53,7 @@ log() { echo "bench-guest: [$(uptime_s) s] $*"; }
     echo "guest_nproc=$(nproc)"
     echo "guest_cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
     echo "guest_mem_kb=$(grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2)"
+    echo "order=$ORDER"
 } > "$OUT/guest.env"
 
 # ---------------------------------------------------------------------------------------------
@@ -51,7 +62,6 @@ log() { echo "bench-guest: [$(uptime_s) s] $*"; }
 # A boot without the emulated IOMMU (RIG_IOMMU=0) binds in VFIO's no-IOMMU mode.
 NOIOMMU=
 [ "${RIG_IOMMU:-1}" = 0 ] && NOIOMMU=--noiommu
-"$RIG_DIR/guest-bind.sh" $NOIOMMU --hugepages 64 || { log "guest-bind failed"; exit 1; }
 BDFS=
 for d in /sys/bus/pci/devices/*; do
     [ "$(cat "$d/class")" = 0x010802 ] && BDFS="$BDFS $(basename "$d")"
@@ -60,6 +70,16 @@ set -- $BDFS
 B0=$1
 B1=${2:-}
 echo "bdfs=$BDFS" >> "$OUT/guest.env"
+
+to_vfio() {   # the controllers to vfio-pci (from no driver: nvme is unloaded before)
+    "$RIG_DIR/guest-bind.sh" $NOIOMMU --hugepages 64 || { log "guest-bind failed"; exit 1; }
+}
+to_kernel() {   # the controllers off vfio-pci, for modprobe nvme
+    for b in $BDFS; do
+        echo "$b" > /sys/bus/pci/drivers/vfio-pci/unbind
+        echo > "/sys/bus/pci/devices/$b/driver_override"
+    done
+}
 
 vf() {   # vf NAME ARGS...
     name=$1; shift
@@ -98,8 +118,7 @@ in_turn() {
 vf1_run() { vf "vf1-qd$qd-r$r" -r "$B0" -q "$qd"; }
 vfmp_run() { vf "vfmp-qd$qd-r$r" -r "$B0" -r "$B1" --multipath -q "$qd"; }
 
-r=1
-while [ "$r" -le "$REPS" ]; do
+vf_round() {   # every vfnvme run of repeat $r
     if [ "$AB" = shadow ]; then
         for qd in $QDS; do vf "vf1ab-qd$qd-r$r" -r "$B0" -q "$qd" --no-shadow-doorbells; done
     elif [ -n "$AB" ]; then
@@ -110,17 +129,11 @@ while [ "$r" -le "$REPS" ]; do
     for qd in $QDS; do
         if [ -n "$B1" ]; then in_turn "$r" vf1_run vfmp_run; else vf1_run; fi
     done
-    r=$((r + 1))
-done
+}
 
 # ---------------------------------------------------------------------------------------------
 # 2. the kernel driver (interrupts): fio io_uring on the block device, io_uring_cmd on ngXn1
 # ---------------------------------------------------------------------------------------------
-for b in $BDFS; do
-    echo "$b" > /sys/bus/pci/drivers/vfio-pci/unbind
-    echo > "/sys/bus/pci/devices/$b/driver_override"
-done
-
 HEAD=
 kernel_up() {   # kernel_up TAG MODPROBE-ARGS...: load nvme, wait for the multipath head
     tag=$1; shift
@@ -153,44 +166,75 @@ fio_run() {   # fio_run NAME DEV QD ENGINE-ARGS...
 kio_run() { fio_run "kio-qd$qd-r$r" "/dev/$HEAD" "$qd" --ioengine=io_uring --direct=1; }
 kcmd_run() { fio_run "kcmd-qd$qd-r$r" "/dev/$NG" "$qd" --ioengine=io_uring_cmd --cmd_type=nvme; }
 
-if kernel_up irq; then
+kirq_up() {   # modprobe nvme (interrupts); notes the head and its char device
+    kernel_up irq || return 1
     NG=ng${HEAD#nvme}
-    echo "kernel_head=$HEAD kernel_char=$NG" >> "$OUT/guest.env"
-    r=1
-    while [ "$r" -le "$REPS" ]; do
-        for qd in $QDS; do
-            in_turn "$r" kio_run kcmd_run
-        done
-        r=$((r + 1))
+    grep -q '^kernel_head=' "$OUT/guest.env" || echo "kernel_head=$HEAD kernel_char=$NG" >> "$OUT/guest.env"
+}
+kirq_round() {   # every interrupt-driven kernel run of repeat $r
+    for qd in $QDS; do
+        in_turn "$r" kio_run kcmd_run
     done
-fi
+}
 
 # ---------------------------------------------------------------------------------------------
 # 3. the kernel driver with a poll queue: fio io_uring --hipri, while the deadline allows
 # ---------------------------------------------------------------------------------------------
-if [ $(( $(uptime_s) + SECS + 8 )) -lt "$DEADLINE" ]; then
+kpoll_up() {   # rmmod nvme; modprobe nvme poll_queues=1
     rmmod nvme || log "rmmod nvme failed"
-    if kernel_up poll poll_queues=1; then
-        dmesg | grep -E 'nvme.*poll queues' | tail -2 > "$OUT/kernel-poll.dmesg"
-        echo "kernel_poll_head=$HEAD" >> "$OUT/guest.env"
-        r=1
-        while [ "$r" -le "$REPS" ]; do
-            if [ -n "$AB" ] && [ "$AB" != shadow ] && [ $(( $(uptime_s) + SECS + 3 )) -lt "$DEADLINE" ]; then
-                ab_on
-                fio_run "kpollab-qd1-r$r" "/dev/$HEAD" 1 --ioengine=io_uring --direct=1 --hipri
-                ab_off
-            fi
-            for qd in $QDS; do
-                if [ $(( $(uptime_s) + SECS + 3 )) -lt "$DEADLINE" ]; then
-                    fio_run "kpoll-qd$qd-r$r" "/dev/$HEAD" "$qd" --ioengine=io_uring --direct=1 --hipri
-                else
-                    log "kpoll-qd$qd-r$r: skipped (deadline ${DEADLINE}s of uptime)"
-                fi
-            done
-            r=$((r + 1))
-        done
+    kernel_up poll poll_queues=1 || return 1
+    dmesg | grep -E 'nvme.*poll queues' | tail -2 > "$OUT/kernel-poll.dmesg"
+    grep -q '^kernel_poll_head=' "$OUT/guest.env" || echo "kernel_poll_head=$HEAD" >> "$OUT/guest.env"
+}
+kpoll_round() {   # every polled kernel run of repeat $r, while the deadline allows
+    if [ -n "$AB" ] && [ "$AB" != shadow ] && [ $(( $(uptime_s) + SECS + 3 )) -lt "$DEADLINE" ]; then
+        ab_on
+        fio_run "kpollab-qd1-r$r" "/dev/$HEAD" 1 --ioengine=io_uring --direct=1 --hipri
+        ab_off
     fi
+    for qd in $QDS; do
+        if [ $(( $(uptime_s) + SECS + 3 )) -lt "$DEADLINE" ]; then
+            fio_run "kpoll-qd$qd-r$r" "/dev/$HEAD" "$qd" --ioengine=io_uring --direct=1 --hipri
+        else
+            log "kpoll-qd$qd-r$r: skipped (deadline ${DEADLINE}s of uptime)"
+        fi
+    done
+}
+
+if [ "$ORDER" = rounds ]; then
+    r=1
+    while [ "$r" -le "$REPS" ]; do
+        if [ "$r" -gt 1 ] && [ $(( $(uptime_s) + round_s )) -ge "$DEADLINE" ]; then
+            log "rounds $r-$REPS skipped (a round takes ${round_s}s; deadline ${DEADLINE}s of uptime)"
+            break
+        fi
+        t0=$(uptime_s)
+        log "round $r of $REPS"
+        to_vfio
+        vf_round
+        to_kernel
+        if kirq_up; then kirq_round; fi
+        if kpoll_up; then kpoll_round; fi
+        rmmod nvme || log "rmmod nvme failed"
+        [ "$r" = 1 ] && round_s=$(( $(uptime_s) - t0 ))
+        r=$((r + 1))
+    done
 else
-    log "polled-kernel stage skipped (deadline ${DEADLINE}s of uptime)"
+    to_vfio
+    r=1
+    while [ "$r" -le "$REPS" ]; do vf_round; r=$((r + 1)); done
+    to_kernel
+    if kirq_up; then
+        r=1
+        while [ "$r" -le "$REPS" ]; do kirq_round; r=$((r + 1)); done
+    fi
+    if [ $(( $(uptime_s) + SECS + 8 )) -lt "$DEADLINE" ]; then
+        if kpoll_up; then
+            r=1
+            while [ "$r" -le "$REPS" ]; do kpoll_round; r=$((r + 1)); done
+        fi
+    else
+        log "polled-kernel stage skipped (deadline ${DEADLINE}s of uptime)"
+    fi
 fi
 log "done"

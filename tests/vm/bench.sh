@@ -20,14 +20,19 @@
 #   BENCH_SIM_REPS, BENCH_SIM_SECS       sim repeats and seconds per run             [3, 5]
 #   BENCH_CG_IOS="A B"     the two -d values for callgrind                  ["100000 300000"]
 #   BENCH_GUEST_REPS, BENCH_GUEST_SECS   guest repeats and seconds per run           [2, 10]
-#   BENCH_GUEST_DEADLINE   guest uptime (s) after which no polled-kernel run starts       [330]
+#   BENCH_GUEST_DEADLINE   guest uptime (s) after which no polled-kernel run (and no round)
+#                          starts                                  [330, more for more repeats]
+#   BENCH_GUEST_ORDER=rounds|blocks   guest: every repeat of every configuration together, the
+#                          controllers handed between vfio-pci and nvme in each, so that the
+#                          ratios pair runs minutes apart at most; or all vfnvme runs, then all
+#                          kernel runs (one rebinding; the order before 2026-12-02)     [rounds]
 #   BENCH_AB=slack|pin|haltpoll|shadow   guest: also run vfnvme (1 ctrl) and the polled kernel
 #                          at QD 1 with QEMU's timer slack at 1 ns, with vCPU 0 pinned alone to
 #                          a host CPU, or with the host's idle CPUs polling 200 us before they
 #                          halt; or vfnvme (1 ctrl) at every QD with --no-shadow-doorbells;
 #                          in the same boot (see bench-guest.sh)                         [none]
 #   BENCH_BUILD=0          skip `cargo build --release -p vfnvme-tools`
-#   RIG_TIMEOUT            guest time limit (s)                                          [420]
+#   RIG_TIMEOUT            guest time limit (s)                [420, or the deadline + 90 s]
 #   RIG_NVME_OPTS=,ioeventfd=on   guest: extra properties of the emulated nvme controllers (here:
 #                          doorbell writes through an eventfd; see docs/benchmarks.md)     [none]
 #   RIG_HALTPOLL_NS=N      guest: the host's cpuidle haltpoll window for the boot (see
@@ -55,7 +60,11 @@ SIM_SECS=${BENCH_SIM_SECS:-5}
 read -r CG_A CG_B <<< "${BENCH_CG_IOS:-100000 300000}"
 G_REPS=${BENCH_GUEST_REPS:-2}
 G_SECS=${BENCH_GUEST_SECS:-10}
-G_DEADLINE=${BENCH_GUEST_DEADLINE:-330}
+G_ORDER=${BENCH_GUEST_ORDER:-rounds}
+case "$G_ORDER" in rounds|blocks) ;; *) echo "bench.sh: BENCH_GUEST_ORDER must be rounds or blocks" >&2; exit 2 ;; esac
+# A round: 10 runs of SECS + 1 s warm-up + ~1 s to start, and ~20 s of rebinding; the boot ~10 s.
+G_DEADLINE=${BENCH_GUEST_DEADLINE:-$(( (40 + G_REPS * (10 * (G_SECS + 2) + 20)) > 330 ? 40 + G_REPS * (10 * (G_SECS + 2) + 20) : 330 ))}
+G_TIMEOUT=${RIG_TIMEOUT:-$(( G_DEADLINE + 90 > 420 ? G_DEADLINE + 90 : 420 ))}
 G_AB=${BENCH_AB:-}
 case "$G_AB" in ""|slack|pin|haltpoll|shadow) ;; *) echo "bench.sh: BENCH_AB must be slack, pin, haltpoll or shadow" >&2; exit 2 ;; esac
 OUT=${BENCH_OUT:-$REPO/target/bench/$(date -u +%Y%m%dT%H%M%SZ)}
@@ -203,15 +212,29 @@ elif kind == "guest":
                 print(f"| {label} | {qd} | {why} | | |"); continue
             print(f"| {label} | {qd} | {fmt_iops(s['med'])} | {runs(s)} | {s['spread']:.0f}% |")
     print()
-    print("Ratios (medians; in brackets the range over all pairs of runs, worst to best):")
+    print("Ratios: of the medians, with the range over all pairs of runs (worst to best) in brackets;")
+    print("then per round: the ratio of the two runs of the same repeat, each round's, and their median")
+    print("(in rounds order the two ran minutes apart at most, so host drift cancels; a goal is met in")
+    print("a round when that round's ratio meets it).")
     print()
-    print("| ratio | QD 1 | QD 32 | goal |")
-    print("|---|---:|---:|---|")
+    print("| ratio | QD 1 | QD 1, per round | QD 32 | QD 32, per round | goal |")
+    print("|---|---:|---|---:|---|---|")
     def ratio(a, b, qd):
         sa, sb = S.get((a, qd)), S.get((b, qd))
         if not sa or not sb:
             return "n/a"
         return f"{sa['med']/sb['med']:.2f}x ({sa['lo']/sb['hi']:.2f}-{sa['hi']/sb['lo']:.2f})"
+    def per_round(a, b, qd):
+        fa = perf_iops if a.startswith("vf") else fio_iops
+        fb = perf_iops if b.startswith("vf") else fio_iops
+        rs = []
+        for r in range(1, reps + 1):
+            x, y = fa(f"{g}/{a}-qd{qd}-r{r}.json"), fb(f"{g}/{b}-qd{qd}-r{r}.json")
+            if x and y:
+                rs.append(x / y)
+        if not rs:
+            return "n/a"
+        return f"{statistics.median(rs):.2f}x: " + ", ".join(f"{x:.2f}" for x in rs)
     for a, b, label, goal in [
             ("vf1", "kio", "vfnvme 1 ctrl / kernel io_uring", "≥ 6x at QD 1, ≥ 8x at QD 32"),
             ("vfmp", "kio", "vfnvme multipath / kernel io_uring", "≥ 6x at QD 1, ≥ 8x at QD 32"),
@@ -224,7 +247,7 @@ elif kind == "guest":
             ("kpollab", "kpoll", f"kernel polled: {ab_label} / without", "")]:
         if (a.endswith("ab") or b.endswith("ab")) and not (S.get((a, 1)) and S.get((b, 1))):
             continue
-        print(f"| {label} | {ratio(a, b, 1)} | {ratio(a, b, 32)} | {goal} |")
+        print(f"| {label} | {ratio(a, b, 1)} | {per_round(a, b, 1)} | {ratio(a, b, 32)} | {per_round(a, b, 32)} | {goal} |")
 elif kind == "callgrind":
     # args: A B, then names of the configs (files cg/<name>.<N>)
     A, B = int(args[0]), int(args[1]); names = args[2:]
@@ -376,13 +399,13 @@ stage_callgrind() {
 stage_guest() {
     local rd=$OUT/guest
     mkdir -p "$rd"
-    local cmd="$HERE/bench-guest.sh $PERF /rig/bench $G_REPS $G_SECS $G_DEADLINE $G_AB"
-    log "guest: RIG_BACKING=null RIG_TIMEOUT=${RIG_TIMEOUT:-420} RIG_RUNDIR=$rd tests/vm/run-guest.sh '$cmd'"
+    local cmd="$HERE/bench-guest.sh $PERF /rig/bench $G_REPS $G_SECS $G_DEADLINE ${G_AB:--} $G_ORDER"
+    log "guest: RIG_BACKING=null RIG_TIMEOUT=$G_TIMEOUT RIG_RUNDIR=$rd tests/vm/run-guest.sh '$cmd'"
     local rc=0
     # The host's CPU steal and load during the boot, once a second: a noisy boot shows here.
     host_sampler > "$rd/host-cpu.txt" &
     local sampler=$!
-    RIG_BACKING=null RIG_TIMEOUT=${RIG_TIMEOUT:-420} RIG_RUNDIR=$rd "$HERE/run-guest.sh" "$cmd" >&2 || rc=$?
+    RIG_BACKING=null RIG_TIMEOUT=$G_TIMEOUT RIG_RUNDIR=$rd "$HERE/run-guest.sh" "$cmd" >&2 || rc=$?
     kill "$sampler" 2> /dev/null
     wait "$sampler" 2> /dev/null || true
     echo "$rc" > "$rd/boot.rc"
@@ -400,15 +423,19 @@ stage_guest_report() {
     local rc
     rc=$(cat "$rd/boot.rc" 2> /dev/null || echo unknown)
     local genv=$rd/bench/guest.env
+    # The repeats the boot ran (a boot reported again may have had more than the default).
+    local n
+    n=$(ls "$rd"/bench/vf1-qd1-r*.rc 2> /dev/null | wc -l)
+    [ "$n" -gt 0 ] && G_REPS=$n
     say ""
     say "## Guest (QEMU TCG): vfnvme over VFIO vs the kernel nvme driver, 4 KiB random reads"
     machine
-    say "Guest: $(grep -h '^guest_nproc=' "$genv" 2>/dev/null | cut -d= -f2) vCPUs ($(grep -h '^guest_cpu=' "$genv" 2>/dev/null | cut -d= -f2-)), kernel $(grep -h '^guest_kernel=' "$genv" 2>/dev/null | cut -d= -f2), 2 GiB; one boot, RIG_BACKING=null (null-co, read-zeroes=on), 2 controllers sharing namespace 1 (1 GiB, 512 B LBAs) $([ "${RIG_IOMMU:-1}" = 0 ] && echo "without an IOMMU (VFIO no-IOMMU mode)" || echo "behind the emulated intel-iommu"); $G_REPS repeats of $G_SECS s after 1 s warm-up, interleaved, the order of one controller and multipath (and of io_uring and io_uring_cmd) swapped in even repeats; vfnvme-perf and fio on guest CPU 0. Boot exit code $rc; kernel head: $(grep -h '^kernel_head=' "$genv" 2>/dev/null | cut -d= -f2- | tr '\n' ' ')$(cat "$rd"/bench/kernel-poll.dmesg 2>/dev/null | tr -d '\r' | sed 's/^\[[^]]*\] //' | tr '\n' ' ')"
+    say "Guest: $(grep -h '^guest_nproc=' "$genv" 2>/dev/null | cut -d= -f2) vCPUs ($(grep -h '^guest_cpu=' "$genv" 2>/dev/null | cut -d= -f2-)), kernel $(grep -h '^guest_kernel=' "$genv" 2>/dev/null | cut -d= -f2), 2 GiB; one boot, RIG_BACKING=null (null-co, read-zeroes=on), 2 controllers sharing namespace 1 (1 GiB, 512 B LBAs) $([ "${RIG_IOMMU:-1}" = 0 ] && echo "without an IOMMU (VFIO no-IOMMU mode)" || echo "behind the emulated intel-iommu"); $G_REPS repeats of $G_SECS s after 1 s warm-up, $( [ "$(grep -h '^order=' "$genv" 2>/dev/null | cut -d= -f2)" = rounds ] && echo "in rounds (each repeat of every configuration together, the controllers handed between vfio-pci and nvme in every round)" || echo "interleaved within each driver's block (all vfnvme runs, then all kernel runs)"), the order of one controller and multipath (and of io_uring and io_uring_cmd) swapped in even repeats; vfnvme-perf and fio on guest CPU 0. Boot exit code $rc; kernel head: $(grep -h '^kernel_head=' "$genv" 2>/dev/null | cut -d= -f2- | tr '\n' ' ')$(cat "$rd"/bench/kernel-poll.dmesg 2>/dev/null | tr -d '\r' | sed 's/^\[[^]]*\] //' | tr '\n' ' ')"
     say ""
     say "Commands:"
     say ""
     say '```'
-    say "RIG_IOMMU=${RIG_IOMMU:-1}${RIG_NVME_OPTS:+ RIG_NVME_OPTS=$RIG_NVME_OPTS}${RIG_HALTPOLL_NS:+ RIG_HALTPOLL_NS=$RIG_HALTPOLL_NS} RIG_BACKING=null RIG_TIMEOUT=${RIG_TIMEOUT:-420} tests/vm/run-guest.sh 'tests/vm/bench-guest.sh \$BENCH_OUT/vfnvme-perf /rig/bench $G_REPS $G_SECS $G_DEADLINE $G_AB'   # a copy of target/release/vfnvme-perf"
+    say "RIG_IOMMU=${RIG_IOMMU:-1}${RIG_NVME_OPTS:+ RIG_NVME_OPTS=$RIG_NVME_OPTS}${RIG_HALTPOLL_NS:+ RIG_HALTPOLL_NS=$RIG_HALTPOLL_NS} RIG_BACKING=null RIG_TIMEOUT=$G_TIMEOUT tests/vm/run-guest.sh 'tests/vm/bench-guest.sh \$BENCH_OUT/vfnvme-perf /rig/bench $G_REPS $G_SECS $G_DEADLINE ${G_AB:--} $G_ORDER'   # a copy of target/release/vfnvme-perf"
     say "# in the guest, after guest-bind.sh --hugepages 64:"
     say "vfnvme-perf -r 0000:01:00.0 -q {1,32} -a 1 -t $G_SECS --json"
     say "vfnvme-perf -r 0000:01:00.0 -r 0000:02:00.0 --multipath -q {1,32} -a 1 -t $G_SECS --json"
