@@ -1,12 +1,14 @@
 //! The common-path cost of a multipath channel against a bare queue pair, without a benchmark
 //! tool around them: `N` 4 KiB reads at queue depth 32 on the inline simulator's null namespace,
-//! through a `QueuePair` or a `Channel` (registered buffers; optional third and fourth arguments:
-//! the policy, as `vfnvme-perf --policy` takes it, round-robin by default, and the number of
-//! paths, 1 by default). Both loops check every completion's status, as any application must
-//! (the channel does it for its own disposition), and the example fails if one is an error.
-//! Meant for instruction counts:
-//! `valgrind --tool=callgrind target/release/examples/overhead {qp|ch} N [POLICY [PATHS]]`, twice
-//! with different `N`, difference divided by the difference of `N`.
+//! through a `QueuePair` (`qp`: a `u64` tag per command; `qpd`: the same 32-byte descriptor per
+//! command that the channel keeps, written into the queue pair's record the same way, as an
+//! application that remembers what each command was must) or a `Channel` (`ch`: registered
+//! buffers; optional third and fourth arguments: the policy, as `vfnvme-perf --policy` takes it,
+//! round-robin by default, and the number of paths, 1 by default). Every loop checks every
+//! completion's status, as any application must (the channel does it for its own disposition),
+//! and the example fails if one is an error. Meant for instruction counts:
+//! `valgrind --tool=callgrind target/release/examples/overhead {qp|qpd|ch} N [POLICY [PATHS]]`,
+//! twice with different `N`, difference divided by the difference of `N`.
 
 use std::sync::Arc;
 
@@ -16,6 +18,26 @@ use vfnvme_hugepages::{DmaBuf, DmaPool, PagePolicy};
 use vfnvme_mpath::{Channel, ChannelOptions, IoKind, Policy, Subsystem};
 
 const QD: usize = 32;
+
+/// What an application keeps per command to know, at completion, what it was (the shape of the
+/// channel's own descriptor: tag, first block, blocks and buffer, kind), four whole words.
+#[derive(Clone, Copy, Default)]
+struct Desc {
+    tag: u64,
+    lba: u64,
+    blocks_buf: u64,
+    kind: u64,
+}
+
+impl Desc {
+    #[inline(always)]
+    fn set(&mut self, tag: u64, lba: u64, blocks: u32, buf: u32) {
+        self.tag = tag;
+        self.lba = lba;
+        self.blocks_buf = blocks as u64 | (buf as u64) << 32;
+        self.kind = u32::MAX as u64;
+    }
+}
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -70,6 +92,37 @@ fn main() {
                 if sent < n {
                     qp.read(&ns, sent & 0xffff, 1, &bufs[t as usize], 0, t)
                         .unwrap();
+                    sent += 1;
+                }
+            }
+        }
+    } else if mode == "qpd" {
+        let ctrl = ctrls.remove(0);
+        let ns = ctrl.namespace(1).unwrap().info;
+        let mut qp = ctrl
+            .io_queue_pair_with::<Desc>(QueueOptions::default())
+            .unwrap();
+        let read = |qp: &mut vfnvme::QueuePair<Desc>, lba: u64, i: u64| {
+            qp.read_with(&ns, lba, 1, &bufs[i as usize], 0, |d| {
+                d.set(i, lba, 1, i as u32)
+            })
+            .unwrap()
+        };
+        for i in 0..QD as u64 {
+            read(&mut qp, i, i);
+            sent += 1;
+        }
+        let mut ready = Vec::with_capacity(QD);
+        while done < n {
+            qp.poll(QD, |c| {
+                errors += u64::from(!c.outcome.is_success());
+                ready.push(c.tag.tag)
+            })
+            .unwrap();
+            for t in ready.drain(..) {
+                done += 1;
+                if sent < n {
+                    read(&mut qp, sent & 0xffff, t);
                     sent += 1;
                 }
             }
