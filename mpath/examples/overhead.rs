@@ -3,11 +3,12 @@
 //! through a `QueuePair` (`qp`: a `u64` tag per command; `qpd`: the same 32-byte descriptor per
 //! command that the channel keeps, written into the queue pair's record the same way, as an
 //! application that remembers what each command was must) or a `Channel` (`ch`: registered
-//! buffers; optional third and fourth arguments: the policy, as `vfnvme-perf --policy` takes it,
+//! buffers, `submit_fixed` per command; `chs`: the same through a `Submitter` per run after a
+//! poll; optional third and fourth arguments: the policy, as `vfnvme-perf --policy` takes it,
 //! round-robin by default, and the number of paths, 1 by default). Every loop checks every
 //! completion's status, as any application must (the channel does it for its own disposition),
 //! and the example fails if one is an error. Meant for instruction counts:
-//! `valgrind --tool=callgrind target/release/examples/overhead {qp|qpd|ch} N [POLICY [PATHS]]`,
+//! `valgrind --tool=callgrind target/release/examples/overhead {qp|qpd|ch|chs} N [POLICY [PATHS]]`,
 //! twice with different `N`, difference divided by the difference of `N`.
 
 use std::sync::Arc;
@@ -162,6 +163,23 @@ fn main() {
                 errors += u64::from(c.result.is_err());
                 ready.push(c.tag)
             });
+            if mode == "chs" {
+                // The run after a poll through one Submitter, what it does not take through
+                // submit_fixed (nothing, here).
+                if let Some(mut s) = ch.submitter() {
+                    while let Some(&t) = ready.last() {
+                        if sent >= n {
+                            break;
+                        }
+                        if s.read(sent & 0xffff, 1, t as u32, t).is_err() {
+                            break;
+                        }
+                        ready.pop();
+                        done += 1;
+                        sent += 1;
+                    }
+                }
+            }
             for t in ready.drain(..) {
                 done += 1;
                 if sent < n {

@@ -391,6 +391,66 @@ impl Entry {
     }
 }
 
+/// A run of registered-buffer reads and writes on one path of a [`Channel`], from
+/// [`Channel::submitter`]. It borrows the channel: drop it to poll, or to submit what it did not
+/// take.
+pub struct Submitter<'a> {
+    qp: &'a mut QueuePair<Cmd>,
+    info: &'a NsInfo,
+    bufs: &'a [DmaBuf],
+    /// Commands the channel can still hold.
+    room: usize,
+    outstanding: &'a mut usize,
+}
+
+/// A command a [`Submitter`] did not take: the channel is full, the buffer index is not
+/// registered, or the path refused it. Submit it with [`Channel::submit_fixed`], which says
+/// which (or sends it elsewhere).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotTaken;
+
+impl Submitter<'_> {
+    /// A read of the first `blocks` blocks of registered buffer `buf`, from `lba`.
+    ///
+    /// # Errors
+    /// [`NotTaken`]: submit it with [`Channel::submit_fixed`] after the run.
+    #[inline(always)]
+    pub fn read(&mut self, lba: u64, blocks: u32, buf: u32, tag: u64) -> Result<(), NotTaken> {
+        self.rw(false, lba, blocks, buf, tag)
+    }
+
+    /// A write of the first `blocks` blocks of registered buffer `buf`, to `lba`.
+    ///
+    /// # Errors
+    /// [`NotTaken`]: submit it with [`Channel::submit_fixed`] after the run.
+    #[inline(always)]
+    pub fn write(&mut self, lba: u64, blocks: u32, buf: u32, tag: u64) -> Result<(), NotTaken> {
+        self.rw(true, lba, blocks, buf, tag)
+    }
+
+    #[inline(always)]
+    fn rw(
+        &mut self,
+        write: bool,
+        lba: u64,
+        blocks: u32,
+        buf: u32,
+        tag: u64,
+    ) -> Result<(), NotTaken> {
+        if self.room == 0 {
+            return Err(NotTaken);
+        }
+        let Some(b) = self.bufs.get(buf as usize) else {
+            return Err(NotTaken);
+        };
+        issue_fixed_rw(self.qp, self.info, b, write, lba, blocks, buf, tag, NO_SLOT)
+            .map_err(|_| NotTaken)?;
+        self.room -= 1;
+        *self.outstanding += 1;
+        Ok(())
+    }
+}
+
 /// A replacement queue pair waiting to be taken, with the path it was made on.
 type Spare = (Arc<PathInfo>, Box<QueuePair<Cmd>>);
 
@@ -1014,6 +1074,30 @@ impl Channel {
             }
         }
         self.submit_fixed_slow(kind, buf, tag)
+    }
+
+    /// Starts a run of registered-buffer reads and writes on the path the policy picks for every
+    /// command until a path's state changes (active-passive, or a single usable path), as an
+    /// application submits after each poll: the path, its queue pair and the buffers are looked
+    /// up once for the run instead of once per command. `None` when the pick varies per command
+    /// (round-robin or least-queue-depth over several paths) or no path is usable: then use
+    /// [`Channel::submit_fixed`]. A command the run cannot take comes back as [`NotTaken`]:
+    /// submit it with `submit_fixed` once the run is dropped, which sends it to another path,
+    /// parks it, or refuses it, as for any command.
+    #[inline(always)]
+    pub fn submitter(&mut self) -> Option<Submitter<'_>> {
+        if self.sole == STALE {
+            self.rebuild_tier();
+        }
+        let p = self.sole;
+        let qp = self.qps.get_mut(p)?.as_deref_mut()?;
+        Some(Submitter {
+            qp,
+            info: &self.params[p].info,
+            bufs: &self.fixed_bufs,
+            room: self.entries.len().saturating_sub(self.outstanding),
+            outstanding: &mut self.outstanding,
+        })
     }
 
     /// Everything [`Channel::submit_fixed`] does not do inline: a stale path view, a bad buffer

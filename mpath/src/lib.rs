@@ -24,7 +24,7 @@ pub mod policy;
 pub mod requeue;
 pub mod subsystem;
 
-pub use channel::{Channel, ChannelOptions, IoError, MpCompletion};
+pub use channel::{Channel, ChannelOptions, IoError, MpCompletion, NotTaken, Submitter};
 pub use control::{MpathControl, ReconnectOptions};
 pub use desc::{IoDesc, IoKind};
 pub use path::{PathInfo, PathStatus};

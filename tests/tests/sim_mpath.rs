@@ -15,6 +15,7 @@ use vfnvme::{Controller, ControllerOptions, QueueOptions};
 use vfnvme_hugepages::{DmaPool, PagePolicy};
 use vfnvme_mpath::channel::RefuseReason;
 use vfnvme_mpath::control::ControlThread;
+use vfnvme_mpath::NotTaken;
 use vfnvme_mpath::{
     Channel, ChannelOptions, IoDesc, IoKind, MpNamespace, MpathControl, Policy, ReconnectOptions,
     Subsystem,
@@ -741,12 +742,31 @@ fn burst(w: &World, ch: &mut Channel) -> [u64; 2] {
     // A channel takes up a published path change at its next poll, as an application's loop
     // would do between one burst and the next.
     assert_eq!(ch.poll(8, |_| panic!("nothing is outstanding")), 0);
-    for i in 0..8u32 {
-        let kind = IoKind::Read {
-            lba: u64::from(i * IO_BLOCKS),
-            blocks: IO_BLOCKS,
-        };
-        ch.submit_fixed(kind, i, u64::from(i)).unwrap();
+    // The first four one by one, the last four through a Submitter (where the policy has one
+    // pick): both must choose the paths the policy says.
+    let read = |i: u32| IoKind::Read {
+        lba: u64::from(i * IO_BLOCKS),
+        blocks: IO_BLOCKS,
+    };
+    for i in 0..4u32 {
+        ch.submit_fixed(read(i), i, u64::from(i)).unwrap();
+    }
+    let mut next = 4u32;
+    if let Some(mut s) = ch.submitter() {
+        while next < 8
+            && s.read(
+                u64::from(next * IO_BLOCKS),
+                IO_BLOCKS,
+                next,
+                u64::from(next),
+            )
+            .is_ok()
+        {
+            next += 1;
+        }
+    }
+    for i in next..8 {
+        ch.submit_fixed(read(i), i, u64::from(i)).unwrap();
     }
     let start = Instant::now();
     let mut done = 0;
@@ -758,6 +778,101 @@ fn burst(w: &World, ch: &mut Channel) -> [u64; 2] {
         assert!(start.elapsed() < Duration::from_secs(10), "burst stuck");
     }
     [reads(0) - before[0], reads(1) - before[1]]
+}
+
+#[test]
+fn a_submitter_takes_commands_on_the_picked_path_and_hands_back_what_it_cannot() {
+    // Arrange: active-passive on path 0, four slots, six registered buffers; path 0 answers its
+    // next four I/Os with a path error.
+    let w = world(1);
+    let _cp = MpathControl::new(std::slice::from_ref(&w.ns), ReconnectOptions::default()).spawn();
+    let mut ch = Channel::new(
+        &w.ns,
+        ChannelOptions {
+            slots: 4,
+            policy: Policy::ActivePassive {
+                preferred: 0,
+                failback: true,
+            },
+            ..chan_opts()
+        },
+    )
+    .unwrap();
+    let bufs = register(&w, &mut ch, 6);
+    let lba = |i: u32| 2048 + u64::from(i * IO_BLOCKS);
+    // Round-robin over two usable paths picks per command: no run there.
+    let mut rr = Channel::new(
+        &w.ns,
+        ChannelOptions {
+            policy: Policy::RoundRobin { min_ios: 1 },
+            ..chan_opts()
+        },
+    )
+    .unwrap();
+    assert!(rr.submitter().is_none());
+    drop(rr);
+    w.sim.controller(0).faults().fail_matching(
+        FaultMatch::io(),
+        Status::new(sct::PATH, path::INTERNAL_PATH_ERROR),
+        Some(4),
+    );
+    for i in 0..5u32 {
+        stamp(&bufs[i as usize], lba(i), 7);
+    }
+
+    // Act 1: five writes in one run: it takes four (the channel's slots) and hands back the
+    // fifth, which submit_fixed then refuses as Full.
+    {
+        let mut s = ch.submitter().expect("active-passive has one pick");
+        for i in 0..4u32 {
+            s.write(lba(i), IO_BLOCKS, i, 100 + u64::from(i)).unwrap();
+        }
+        assert_eq!(s.write(lba(4), IO_BLOCKS, 4, 104), Err(NotTaken));
+    }
+    let fifth = IoKind::Write {
+        lba: lba(4),
+        blocks: IO_BLOCKS,
+    };
+    assert_eq!(ch.submit_fixed(fifth, 4, 104), Err(RefuseReason::Full));
+
+    // Assert 1: the four complete once each, successfully: path 0's errors failed over.
+    let done = collect(&mut ch, 4, 16, Duration::from_secs(10), || {});
+    let want: Vec<_> = (100..104).map(|t| (t, Ok(0))).collect();
+    assert_eq!(done, want);
+    assert!(ch.stats().failovers >= 4, "{:?}", ch.stats());
+
+    // Act 2: an unregistered buffer index is handed back (submit_fixed says why), then the
+    // four blocks are read back through a run.
+    for b in bufs.iter().take(4) {
+        b.fill(0, IO_BYTES, 0);
+    }
+    {
+        let mut s = ch.submitter().expect("one pick");
+        assert_eq!(s.read(lba(0), IO_BLOCKS, 6, 299), Err(NotTaken));
+    }
+    let unregistered = IoKind::Read {
+        lba: lba(0),
+        blocks: IO_BLOCKS,
+    };
+    assert!(matches!(
+        ch.submit_fixed(unregistered, 6, 299),
+        Err(RefuseReason::Invalid(_))
+    ));
+    {
+        let mut s = ch.submitter().expect("one pick");
+        for i in 0..4u32 {
+            s.read(lba(i), IO_BLOCKS, i, 200 + u64::from(i)).unwrap();
+        }
+    }
+
+    // Assert 2: what was written comes back, and nothing is left outstanding.
+    let done = collect(&mut ch, 4, 16, Duration::from_secs(10), || {});
+    let want: Vec<_> = (200..204).map(|t| (t, Ok(0))).collect();
+    assert_eq!(done, want);
+    for i in 0..4u32 {
+        check(&bufs[i as usize], lba(i), 7).unwrap();
+    }
+    assert_eq!(ch.outstanding(), 0);
 }
 
 /// Sets path `i`'s ANA state and waits until the control plane has published it.
