@@ -32,7 +32,7 @@ use vfnvme::spec::Status;
 use vfnvme::{NsInfo, Outcome, QueueOptions, QueuePair};
 use vfnvme_hugepages::{DmaBuf, DmaCache, DmaPool};
 use vfnvme_mpath::channel::RefuseReason;
-use vfnvme_mpath::{Channel, ChannelOptions, IoError, IoKind, Policy};
+use vfnvme_mpath::{Channel, ChannelOptions, IoError, IoKind, Policy, Submitter};
 
 use super::args::Workload;
 use super::rng::{mix, percent_threshold, WyRand};
@@ -414,11 +414,13 @@ enum Queues {
 
 enum SubmitFail {
     Full,
+    /// A multipath run of submissions did not take it: submit it one by one.
+    NotTaken,
     Hard(Fail),
 }
 
 impl Queues {
-    #[inline]
+    #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn submit(
         &mut self,
@@ -465,6 +467,62 @@ impl Queues {
                 })
             }
         }
+    }
+}
+
+/// How [`NsCtx::submit_with`] submits: one by one on the queues, or through a multipath run.
+trait Via {
+    #[allow(clippy::too_many_arguments)]
+    fn submit(
+        &mut self,
+        queues: &mut Queues,
+        q: usize,
+        write: bool,
+        lba: u64,
+        blocks: u32,
+        bufs: &[DmaBuf],
+        slot: u32,
+    ) -> Result<(), SubmitFail>;
+}
+
+/// Each command on its queue pair or channel.
+struct OneByOne;
+
+impl Via for OneByOne {
+    #[inline(always)]
+    fn submit(
+        &mut self,
+        queues: &mut Queues,
+        q: usize,
+        write: bool,
+        lba: u64,
+        blocks: u32,
+        bufs: &[DmaBuf],
+        slot: u32,
+    ) -> Result<(), SubmitFail> {
+        queues.submit(q, write, lba, blocks, bufs, slot)
+    }
+}
+
+impl Via for Submitter<'_> {
+    #[inline(always)]
+    fn submit(
+        &mut self,
+        _: &mut Queues,
+        _: usize,
+        write: bool,
+        lba: u64,
+        blocks: u32,
+        _: &[DmaBuf],
+        slot: u32,
+    ) -> Result<(), SubmitFail> {
+        let tag = slot as u64;
+        let r = if write {
+            self.write(lba, blocks, slot, tag)
+        } else {
+            self.read(lba, blocks, slot, tag)
+        };
+        r.map_err(|_| SubmitFail::NotTaken)
     }
 }
 
@@ -731,9 +789,33 @@ impl NsCtx {
         }
     }
 
-    /// Submits ready slots while the budget lasts and the queues take them.
+    /// Submits ready slots while the budget lasts and the queues take them: on one multipath
+    /// channel through its run of submissions ([`Channel::submitter`]) while it takes them, the
+    /// rest one by one.
     #[inline]
     fn submit_ready(&mut self, now: u64, budget: &mut u64) {
+        if matches!(&self.queues, Queues::Mpath { chs } if chs.len() == 1) {
+            self.submit_ready_run(now, budget);
+        }
+        self.submit_with(now, budget, &mut OneByOne);
+    }
+
+    /// The run of [`NsCtx::submit_ready`] on one channel. The queues are taken out of `self`
+    /// for it, so that the run can hold them while the workload picks its next I/O.
+    #[inline(never)]
+    fn submit_ready_run(&mut self, now: u64, budget: &mut u64) {
+        let mut queues = std::mem::replace(&mut self.queues, Queues::Mpath { chs: Vec::new() });
+        if let Queues::Mpath { chs } = &mut queues {
+            if let Some(mut run) = chs[0].submitter() {
+                self.submit_with(now, budget, &mut run);
+            }
+        }
+        self.queues = queues;
+    }
+
+    /// The loop of [`NsCtx::submit_ready`], submitting through `via`.
+    #[inline(always)]
+    fn submit_with(&mut self, now: u64, budget: &mut u64, via: &mut impl Via) {
         while let Some(&tag) = self.ready.last() {
             if *budget == 0 {
                 return;
@@ -751,10 +833,15 @@ impl NsCtx {
                 }
             }
             let q = self.slot_q[t] as usize;
-            match self
-                .queues
-                .submit(q, write, lba, self.blocks, &self.bufs, t as u32)
-            {
+            match via.submit(
+                &mut self.queues,
+                q,
+                write,
+                lba,
+                self.blocks,
+                &self.bufs,
+                t as u32,
+            ) {
                 Ok(()) => {
                     self.ready.pop();
                     self.in_flight += 1;
@@ -770,7 +857,8 @@ impl NsCtx {
                         v.busy[unit as usize] = true;
                     }
                 }
-                Err(SubmitFail::Full) => {
+                Err(SubmitFail::Full | SubmitFail::NotTaken) => {
+                    // Picked again by the next loop (what a run hands back goes one by one).
                     if let Phase::ReadBack { next } = &mut self.phase {
                         *next = unit;
                     }
