@@ -398,8 +398,11 @@ pub struct Submitter<'a> {
     qp: &'a mut QueuePair<Cmd>,
     info: &'a NsInfo,
     bufs: &'a [DmaBuf],
-    /// Commands the channel can still hold.
+    /// Commands the channel can still hold: its slots less `outstanding` at the start, counted
+    /// down here (a compare of a local; comparing through `outstanding` cost the perf tool 2.5
+    /// instructions per I/O).
     room: usize,
+    /// The channel's count of commands held.
     outstanding: &'a mut usize,
 }
 
@@ -797,14 +800,21 @@ impl Channel {
         self.pick_varying()
     }
 
+    /// The cached pick ([`Channel::sole`]), rebuilt first if it is stale: a path, or [`VARIES`].
+    #[inline]
+    fn current_sole(&mut self) -> usize {
+        if self.sole == STALE {
+            self.rebuild_tier();
+        }
+        self.sole
+    }
+
     /// [`Channel::pick_any`] when the cached pick is stale or varies per command.
     #[inline]
     fn pick_varying(&mut self) -> Option<usize> {
-        if self.sole == STALE {
-            self.rebuild_tier();
-            if self.sole != VARIES {
-                return Some(self.sole);
-            }
+        let sole = self.current_sole();
+        if sole != VARIES {
+            return Some(sole);
         }
         if let Policy::RoundRobin { min_ios } = self.opts.policy {
             return self.selector.round_robin(&self.tier, min_ios);
@@ -1086,10 +1096,7 @@ impl Channel {
     /// parks it, or refuses it, as for any command.
     #[inline(always)]
     pub fn submitter(&mut self) -> Option<Submitter<'_>> {
-        if self.sole == STALE {
-            self.rebuild_tier();
-        }
-        let p = self.sole;
+        let p = self.current_sole();
         let qp = self.qps.get_mut(p)?.as_deref_mut()?;
         Some(Submitter {
             qp,
