@@ -122,19 +122,6 @@ pub struct MpCompletion {
     pub buf_index: Option<u32>,
 }
 
-impl MpCompletion {
-    /// Drops what the callback left, without a drop call in the common case (nothing left to
-    /// drop): the checks are inline and the drop glue runs only when something is there.
-    #[inline]
-    fn release(self) {
-        if self.result.is_ok() && self.data.is_none() && self.metadata.is_none() {
-            std::mem::forget(self);
-        } else {
-            drop_slow(self);
-        }
-    }
-}
-
 #[cold]
 #[inline(never)]
 fn drop_slow(c: MpCompletion) {
@@ -1236,23 +1223,41 @@ impl Channel {
                 // Successes counted once per batch, not once each.
                 let mut ok = 0;
                 let r = q.poll(max, |c| {
+                    // Taken apart, and passed to the slow path in pieces: a completion passed
+                    // whole to a call lives in memory on every path (10 instructions per I/O).
+                    let Completion {
+                        tag: cmd,
+                        outcome,
+                        dw0,
+                        ..
+                    } = c;
                     // The common case, inline: a registered-buffer read or write (the only
                     // commands without a slot) that succeeded.
-                    let cmd = c.tag;
-                    if c.outcome.is_success() && cmd.slot() == NO_SLOT {
+                    if outcome.is_success() && cmd.slot() == NO_SLOT {
                         ok += 1;
-                        let mut done = MpCompletion {
+                        // Nothing to drop unless the callback put something there: a completion
+                        // moved into `mem::forget` or drop glue lived in memory (10 instructions).
+                        let mut done = std::mem::ManuallyDrop::new(MpCompletion {
                             tag: cmd.tag,
-                            result: Ok(c.dw0),
+                            result: Ok(dw0),
                             data: None,
                             metadata: None,
                             buf_index: Some(cmd.buf()),
-                        };
+                        });
                         f(&mut done);
-                        done.release();
+                        if done.result.is_err() || done.data.is_some() || done.metadata.is_some() {
+                            drop_slow(std::mem::ManuallyDrop::into_inner(done));
+                        }
                         return;
                     }
-                    if self.dispose(p, c, &mut f) {
+                    let Cmd {
+                        tag,
+                        lba,
+                        blocks_buf,
+                        slot_kind,
+                    } = cmd;
+                    if self.dispose_words(p, tag, lba, blocks_buf, slot_kind, outcome, dw0, &mut f)
+                    {
                         n += 1;
                     }
                 });
@@ -1278,6 +1283,36 @@ impl Channel {
             n += self.drain_requeue(&mut f);
         }
         n
+    }
+
+    /// [`Channel::dispose`] of a completion passed in pieces (its context's four words), so that
+    /// the common case of [`Channel::poll`] keeps it in registers.
+    #[cold]
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn dispose_words(
+        &mut self,
+        p: usize,
+        tag: u64,
+        lba: u64,
+        blocks_buf: u64,
+        slot_kind: u64,
+        outcome: Outcome,
+        dw0: u32,
+        f: &mut dyn FnMut(&mut MpCompletion),
+    ) -> bool {
+        let c = Completion {
+            tag: Cmd {
+                tag,
+                lba,
+                blocks_buf,
+                slot_kind,
+            },
+            outcome,
+            dw0,
+            opcode: 0,
+        };
+        self.dispose(p, c, f)
     }
 
     /// Applies the disposition rules to one completion from path `p`. Returns true if it

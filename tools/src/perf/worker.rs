@@ -412,6 +412,28 @@ enum Queues {
     Mpath { chs: Vec<Channel> },
 }
 
+/// Which kinds of [`Queues`] a run loop is compiled for (its const parameter): each kind gets a
+/// loop of its own, so that neither's code (and register allocation) is shaped by the other's.
+type QueueKinds = u8;
+/// Bare queue pairs only.
+const DIRECT: QueueKinds = 1;
+/// Multipath channels only.
+const MPATH: QueueKinds = 2;
+/// Both (namespaces of both kinds on one core).
+const ANY: QueueKinds = DIRECT | MPATH;
+
+impl Queues {
+    /// The kinds of queues in `ctxs`.
+    fn kinds(ctxs: &[NsCtx]) -> QueueKinds {
+        ctxs.iter().fold(0, |k, c| {
+            k | match c.queues {
+                Queues::Direct { .. } => DIRECT,
+                Queues::Mpath { .. } => MPATH,
+            }
+        })
+    }
+}
+
 enum SubmitFail {
     Full,
     /// A multipath run of submissions did not take it: submit it one by one.
@@ -422,7 +444,7 @@ enum SubmitFail {
 impl Queues {
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    fn submit(
+    fn submit<const K: QueueKinds>(
         &mut self,
         q: usize,
         write: bool,
@@ -433,7 +455,7 @@ impl Queues {
     ) -> Result<(), SubmitFail> {
         let tag = slot as u64;
         match self {
-            Queues::Direct { qps, info } => {
+            Queues::Direct { qps, info } if K & DIRECT != 0 => {
                 let b = &bufs[slot as usize];
                 let qp = &mut qps[q];
                 let r = if write {
@@ -451,7 +473,7 @@ impl Queues {
                     }
                 })
             }
-            Queues::Mpath { chs } => {
+            Queues::Mpath { chs } if K & MPATH != 0 => {
                 let kind = if write {
                     IoKind::Write { lba, blocks }
                 } else {
@@ -466,6 +488,7 @@ impl Queues {
                     }
                 })
             }
+            _ => unreachable!("a run loop for queues of kinds {K} met another"),
         }
     }
 }
@@ -485,10 +508,10 @@ trait Via {
     ) -> Result<(), SubmitFail>;
 }
 
-/// Each command on its queue pair or channel.
-struct OneByOne;
+/// Each command on its queue pair or channel (of kinds `K`).
+struct OneByOne<const K: QueueKinds>;
 
-impl Via for OneByOne {
+impl<const K: QueueKinds> Via for OneByOne<K> {
     #[inline(always)]
     fn submit(
         &mut self,
@@ -500,7 +523,7 @@ impl Via for OneByOne {
         bufs: &[DmaBuf],
         slot: u32,
     ) -> Result<(), SubmitFail> {
-        queues.submit(q, write, lba, blocks, bufs, slot)
+        queues.submit::<K>(q, write, lba, blocks, bufs, slot)
     }
 }
 
@@ -684,11 +707,11 @@ impl NsCtx {
 
     /// Polls every queue; completions land in `self.done`.
     #[inline]
-    fn poll(&mut self) -> usize {
+    fn poll<const K: QueueKinds>(&mut self) -> usize {
         let done = &mut self.done;
         let max = self.bufs.len();
         match &mut self.queues {
-            Queues::Direct { qps, .. } => {
+            Queues::Direct { qps, .. } if K & DIRECT != 0 => {
                 for qp in qps.iter_mut() {
                     if let Err(e) = qp.poll(max, |c| done.push((c.tag as u32, Fail::of(c.outcome))))
                     {
@@ -698,11 +721,12 @@ impl NsCtx {
                     }
                 }
             }
-            Queues::Mpath { chs } => {
+            Queues::Mpath { chs } if K & MPATH != 0 => {
                 for ch in chs.iter_mut() {
                     ch.poll(max, |c| done.push((c.tag as u32, Fail::of_mp(&c.result))));
                 }
             }
+            _ => unreachable!("a run loop for queues of kinds {K} met another"),
         }
         self.done.len()
     }
@@ -793,11 +817,11 @@ impl NsCtx {
     /// channel through its run of submissions ([`Channel::submitter`]) while it takes them, the
     /// rest one by one.
     #[inline]
-    fn submit_ready(&mut self, now: u64, budget: &mut u64) {
-        if matches!(&self.queues, Queues::Mpath { chs } if chs.len() == 1) {
+    fn submit_ready<const K: QueueKinds>(&mut self, now: u64, budget: &mut u64) {
+        if K & MPATH != 0 && matches!(&self.queues, Queues::Mpath { chs } if chs.len() == 1) {
             self.submit_ready_run(now, budget);
         }
-        self.submit_with(now, budget, &mut OneByOne);
+        self.submit_with(now, budget, &mut OneByOne::<K>);
     }
 
     /// The run of [`NsCtx::submit_ready`] on one channel. The queues are taken out of `self`
@@ -898,7 +922,7 @@ fn now_ns(origin: &u64) -> u64 {
 }
 
 /// Runs `ctxs` until the deadline or budget, then drains. Returns (measure start, end, abandoned).
-fn run_loop(
+fn run_loop<const K: QueueKinds>(
     ctxs: &mut [NsCtx],
     p: &WorkerParams,
     progress: &CoreProgress,
@@ -924,19 +948,19 @@ fn run_loop(
     let mut stop_at = 0u64;
     let mut idle = 0u32;
     for c in ctxs.iter_mut() {
-        c.submit_ready(now, &mut budget);
+        c.submit_ready::<K>(now, &mut budget);
     }
     loop {
         let mut got = 0;
         for c in ctxs.iter_mut() {
-            let n = c.poll();
+            let n = c.poll::<K>();
             if n > 0 {
                 now = now_ns(&clock);
                 c.process(now, measuring);
                 got += n;
             }
             if !stopping && !c.ready.is_empty() {
-                c.submit_ready(now, &mut budget);
+                c.submit_ready::<K>(now, &mut budget);
             }
         }
         if got == 0 {
@@ -1043,7 +1067,12 @@ pub fn run_core(
         return empty;
     }
     let progress = &shared.progress[core_index];
-    let (start, end, mut abandoned) = run_loop(&mut ctxs, &p, progress, &shared.abort, false);
+    let run = match Queues::kinds(&ctxs) {
+        DIRECT => run_loop::<DIRECT>,
+        MPATH => run_loop::<MPATH>,
+        _ => run_loop::<ANY>,
+    };
+    let (start, end, mut abandoned) = run(&mut ctxs, &p, progress, &shared.abort, false);
     if p.workload == Workload::Verify && abandoned == 0 {
         for c in ctxs.iter_mut() {
             if c.worker_index == 0 && p.inject_mismatch > 0 {
@@ -1051,7 +1080,7 @@ pub fn run_core(
             }
             c.phase = Phase::ReadBack { next: 0 };
         }
-        let (_, _, a) = run_loop(&mut ctxs, &p, progress, &shared.abort, true);
+        let (_, _, a) = run(&mut ctxs, &p, progress, &shared.abort, true);
         abandoned += a;
     }
     let rows = ctxs
