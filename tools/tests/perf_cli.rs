@@ -132,6 +132,15 @@ fn multipath_verify_with_two_queue_pairs() {
 }
 
 #[test]
+fn verify_with_two_bare_queue_pairs() {
+    // Two queue pairs take the one-by-one submission path; one queue pair runs (the tests above).
+    let o = perf(&["-w", "verify", "-P", "2", "-q", "8", "-d", "4000"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains(", 0 mismatches"), "{out}");
+}
+
+#[test]
 fn bad_arguments_exit_2_with_a_message() {
     for (args, want) in [
         (&["-q", "0"][..], "queue depth"),
