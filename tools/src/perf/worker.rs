@@ -441,6 +441,16 @@ enum SubmitFail {
     Hard(Fail),
 }
 
+/// One I/O to submit: a read or write of `blocks` blocks at `lba`, on the buffer of `slot` (and
+/// tagged with it).
+#[derive(Clone, Copy)]
+struct Io {
+    write: bool,
+    lba: u64,
+    blocks: u32,
+    slot: u32,
+}
+
 /// A read or write of `blocks` blocks at `lba` on buffer `b`, tagged `tag`, on a bare queue pair.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -475,12 +485,15 @@ impl Queues {
     fn submit<const K: QueueKinds>(
         &mut self,
         q: usize,
-        write: bool,
-        lba: u64,
-        blocks: u32,
+        io: Io,
         bufs: &[DmaBuf],
-        slot: u32,
     ) -> Result<(), SubmitFail> {
+        let Io {
+            write,
+            lba,
+            blocks,
+            slot,
+        } = io;
         let tag = slot as u64;
         match self {
             Queues::Direct { qps, info } if K & DIRECT != 0 => submit_direct(
@@ -514,16 +527,13 @@ impl Queues {
 
 /// How [`NsCtx::submit_with`] submits: one by one on the queues, or through a multipath run.
 trait Via {
-    #[allow(clippy::too_many_arguments)]
+    /// Submits `io` (for queue `q` of `queues`, when it goes one by one).
     fn submit(
         &mut self,
         queues: &mut Queues,
         q: usize,
-        write: bool,
-        lba: u64,
-        blocks: u32,
+        io: Io,
         bufs: &[DmaBuf],
-        slot: u32,
     ) -> Result<(), SubmitFail>;
 }
 
@@ -536,13 +546,10 @@ impl<const K: QueueKinds> Via for OneByOne<K> {
         &mut self,
         queues: &mut Queues,
         q: usize,
-        write: bool,
-        lba: u64,
-        blocks: u32,
+        io: Io,
         bufs: &[DmaBuf],
-        slot: u32,
     ) -> Result<(), SubmitFail> {
-        queues.submit::<K>(q, write, lba, blocks, bufs, slot)
+        queues.submit::<K>(q, io, bufs)
     }
 }
 
@@ -558,34 +565,30 @@ impl Via for DirectRun<'_> {
         &mut self,
         _: &mut Queues,
         _: usize,
-        write: bool,
-        lba: u64,
-        blocks: u32,
+        io: Io,
         bufs: &[DmaBuf],
-        slot: u32,
     ) -> Result<(), SubmitFail> {
-        let b = &bufs[slot as usize];
-        submit_direct(self.qp, self.info, write, lba, blocks, b, slot as u64)
+        let b = &bufs[io.slot as usize];
+        submit_direct(
+            self.qp,
+            self.info,
+            io.write,
+            io.lba,
+            io.blocks,
+            b,
+            io.slot as u64,
+        )
     }
 }
 
 impl Via for Submitter<'_> {
     #[inline(always)]
-    fn submit(
-        &mut self,
-        _: &mut Queues,
-        _: usize,
-        write: bool,
-        lba: u64,
-        blocks: u32,
-        _: &[DmaBuf],
-        slot: u32,
-    ) -> Result<(), SubmitFail> {
-        let tag = slot as u64;
-        let r = if write {
-            self.write(lba, blocks, slot, tag)
+    fn submit(&mut self, _: &mut Queues, _: usize, io: Io, _: &[DmaBuf]) -> Result<(), SubmitFail> {
+        let tag = io.slot as u64;
+        let r = if io.write {
+            self.write(io.lba, io.blocks, io.slot, tag)
         } else {
-            self.read(lba, blocks, slot, tag)
+            self.read(io.lba, io.blocks, io.slot, tag)
         };
         r.map_err(|_| SubmitFail::NotTaken)
     }
@@ -920,15 +923,13 @@ impl NsCtx {
                 }
             }
             let q = self.slot_q[t] as usize;
-            match via.submit(
-                &mut self.queues,
-                q,
+            let io = Io {
                 write,
                 lba,
-                self.blocks,
-                &self.bufs,
-                t as u32,
-            ) {
+                blocks: self.blocks,
+                slot: t as u32,
+            };
+            match via.submit(&mut self.queues, q, io, &self.bufs) {
                 Ok(()) => {
                     self.ready.pop();
                     self.in_flight += 1;
