@@ -44,7 +44,7 @@ pub struct ChannelOptions {
     pub queue: QueueOptions,
     /// Path policy.
     pub policy: Policy,
-    /// Commands the channel may hold (in flight plus waiting on the requeue ring).
+    /// Commands the channel may hold (in flight plus waiting on the requeue ring); at most 2^28.
     pub slots: usize,
     /// Same-path retries for retryable, non-path errors.
     pub retries: u8,
@@ -197,41 +197,47 @@ impl CmdKind {
 
 /// What a command carries with it in its queue pair's command-id table, and gets back in its
 /// completion: enough to rebuild it on another path. A read or write on a registered buffer is
-/// whole in these 32 bytes, so the channel keeps no table of its own for it: failover costs the
+/// whole in these 24 bytes, so the channel keeps no table of its own for it: failover costs the
 /// common path only this record. Anything larger, and the retry and failover state of a command
-/// that has failed once, lives in a slot (`slot`), taken when first needed.
+/// that has failed once, lives in a slot, taken when first needed.
 ///
-/// Four whole words, not a struct of mixed fields: it is built in registers and copied into the
+/// Whole words, not a struct of mixed fields: it is built in registers and copied into the
 /// queue pair's table, and a copy of mixed fields was stored field by field and then loaded in
-/// 16-byte pieces, a store-forwarding stall on every submission.
+/// 16-byte pieces, a store-forwarding stall on every submission. Three words, not four: every
+/// word is a store at submission and a load at completion (a fourth cost about 5 instructions
+/// per I/O and 8 bytes of each queue pair's record).
 #[derive(Clone, Copy, Default, Debug)]
 pub(crate) struct Cmd {
     /// Caller's tag.
     tag: u64,
     /// First block (registered reads and writes).
     lba: u64,
-    /// Blocks (registered reads and writes), low 32 bits; index into the registered buffers,
-    /// high 32 bits.
-    blocks_buf: u64,
-    /// The slot that holds the rest of the command or [`NO_SLOT`], low 32 bits; the
-    /// [`CmdKind`], bits 32..40; idempotent (safe to resend at once after a path failure: reads,
-    /// and passthrough marked so), bit 40.
-    slot_kind: u64,
+    /// Blocks (registered reads and writes), bits 0..32; an index, bits 32..60: the registered
+    /// buffer, or the slot once the command has one ([`Cmd::SLOTTED`]; the buffer index is then
+    /// in the slot's [`Entry`]); the [`CmdKind`], bits 60..62; idempotent (safe to resend at
+    /// once after a path failure: reads, and passthrough marked so), bit 62; has a slot, bit 63.
+    meta: u64,
 }
 
-const _: () = assert!(std::mem::size_of::<Cmd>() == 32);
+const _: () = assert!(std::mem::size_of::<Cmd>() == 24);
 
 impl Cmd {
-    /// `blocks_buf` of `blocks` blocks on registered buffer `buf`.
-    #[inline(always)]
-    fn pack_blocks_buf(blocks: u32, buf: u32) -> u64 {
-        blocks as u64 | (buf as u64) << 32
-    }
+    const INDEX_SHIFT: u32 = 32;
+    const INDEX_MASK: u64 = (Cmd::MAX_INDEX as u64) << Cmd::INDEX_SHIFT;
+    const KIND_SHIFT: u32 = 60;
+    const IDEMPOTENT: u64 = 1 << 62;
+    const SLOTTED: u64 = 1 << 63;
+    /// The largest registered-buffer index or slot a command can name (28 bits).
+    const MAX_INDEX: u32 = (1 << 28) - 1;
 
-    /// `slot_kind` of a command of `kind` in `slot`.
+    /// `meta` of a command of `kind` on `blocks` blocks of registered buffer `buf`, with no slot.
     #[inline(always)]
-    fn pack_slot_kind(slot: u32, kind: CmdKind, idempotent: bool) -> u64 {
-        slot as u64 | (kind as u64) << 32 | (idempotent as u64) << 40
+    fn pack(kind: CmdKind, idempotent: bool, blocks: u32, buf: u32) -> u64 {
+        debug_assert!(buf <= Cmd::MAX_INDEX);
+        blocks as u64
+            | (buf as u64) << Cmd::INDEX_SHIFT
+            | (kind as u64) << Cmd::KIND_SHIFT
+            | if idempotent { Cmd::IDEMPOTENT } else { 0 }
     }
 
     /// A command of `kind` with no slot yet.
@@ -240,56 +246,67 @@ impl Cmd {
         Cmd {
             tag,
             lba,
-            blocks_buf: Cmd::pack_blocks_buf(blocks, buf),
-            slot_kind: Cmd::pack_slot_kind(NO_SLOT, kind, idempotent),
+            meta: Cmd::pack(kind, idempotent, blocks, buf),
         }
+    }
+
+    /// `meta` of a read or write on registered buffer `buf`, with no slot yet.
+    #[inline(always)]
+    fn fixed_rw_meta(write: bool, blocks: u32, buf: u32) -> u64 {
+        Cmd::pack(CmdKind::fixed_rw(write), !write, blocks, buf)
     }
 
     /// A read or write on registered buffer `buf`, with no slot yet.
     fn fixed_rw(write: bool, lba: u64, blocks: u32, buf: u32, tag: u64) -> Cmd {
-        Cmd::new(CmdKind::fixed_rw(write), !write, tag, lba, blocks, buf)
-    }
-
-    /// Writes a read or write on registered buffer `buf`, kept in `slot`, over `self`, one
-    /// whole word at a time (see [`Cmd`]).
-    #[inline(always)]
-    fn set_fixed_rw(&mut self, write: bool, lba: u64, blocks: u32, buf: u32, tag: u64, slot: u32) {
-        self.tag = tag;
-        self.lba = lba;
-        self.blocks_buf = Cmd::pack_blocks_buf(blocks, buf);
-        self.slot_kind = Cmd::pack_slot_kind(slot, CmdKind::fixed_rw(write), !write);
+        Cmd {
+            tag,
+            lba,
+            meta: Cmd::fixed_rw_meta(write, blocks, buf),
+        }
     }
 
     /// Blocks (registered reads and writes).
     #[inline(always)]
     fn blocks(&self) -> u32 {
-        self.blocks_buf as u32
+        self.meta as u32
     }
 
-    /// Index into the registered buffers.
+    /// The index: the registered buffer, or the slot once it has one.
     #[inline(always)]
-    fn buf(&self) -> u32 {
-        (self.blocks_buf >> 32) as u32
+    fn index(&self) -> u32 {
+        ((self.meta & Cmd::INDEX_MASK) >> Cmd::INDEX_SHIFT) as u32
+    }
+
+    /// The command has a slot.
+    #[inline(always)]
+    fn has_slot(&self) -> bool {
+        self.meta & Cmd::SLOTTED != 0
     }
 
     /// The slot that holds the rest of the command, or [`NO_SLOT`].
     #[inline(always)]
     fn slot(&self) -> u32 {
-        self.slot_kind as u32
+        if self.has_slot() {
+            self.index()
+        } else {
+            NO_SLOT
+        }
     }
 
-    /// The same command, kept in `slot`.
+    /// The same command, kept in `slot` (its buffer index, if it had one, must be kept in the
+    /// slot's entry: see [`Channel::take_slot`]).
     #[inline(always)]
     fn with_slot(self, slot: u32) -> Cmd {
+        debug_assert!(slot <= Cmd::MAX_INDEX);
         Cmd {
-            slot_kind: (self.slot_kind & !0xffff_ffff) | slot as u64,
+            meta: (self.meta & !Cmd::INDEX_MASK) | (slot as u64) << Cmd::INDEX_SHIFT | Cmd::SLOTTED,
             ..self
         }
     }
 
     #[inline(always)]
     fn kind(&self) -> CmdKind {
-        match (self.slot_kind >> 32) as u8 {
+        match (self.meta >> Cmd::KIND_SHIFT) & 3 {
             0 => CmdKind::FixedRead,
             1 => CmdKind::FixedWrite,
             2 => CmdKind::FixedPassthru,
@@ -300,15 +317,16 @@ impl Cmd {
     /// Safe to resend at once after a path failure.
     #[inline(always)]
     fn idempotent(&self) -> bool {
-        self.slot_kind >> 40 & 1 != 0
+        self.meta & Cmd::IDEMPOTENT != 0
     }
 }
 
 /// `Cmd::slot` of a command that has no slot.
 const NO_SLOT: u32 = u32::MAX;
 
-/// Queues a read or write of the first `blocks` blocks of registered buffer `buf` (`b`) on
-/// `qp`, the command written straight into the queue pair's record of it.
+/// Queues a read or write of the first `blocks` blocks of registered buffer `b` on `qp`, the
+/// command (`tag`, `lba`, `meta`: see [`Cmd`]) written straight into the queue pair's record of
+/// it, one whole word at a time.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn issue_fixed_rw(
@@ -318,11 +336,14 @@ fn issue_fixed_rw(
     write: bool,
     lba: u64,
     blocks: u32,
-    buf: u32,
     tag: u64,
-    slot: u32,
+    meta: u64,
 ) -> Result<(), SubmitError> {
-    let init = |c: &mut Cmd| c.set_fixed_rw(write, lba, blocks, buf, tag, slot);
+    let init = |c: &mut Cmd| {
+        c.tag = tag;
+        c.lba = lba;
+        c.meta = meta;
+    };
     if write {
         qp.write_with(info, lba, blocks, b, 0, init)
     } else {
@@ -335,6 +356,8 @@ fn issue_fixed_rw(
 #[derive(Clone, Copy)]
 struct Entry {
     cmd: Cmd,
+    /// The registered buffer of a registered-buffer command (its `Cmd` names the slot instead).
+    buf: u32,
     /// Path it last failed on ([`NO_PATH`] while it waits for its first path).
     path: u16,
     retries: u8,
@@ -353,10 +376,11 @@ struct Entry {
 }
 
 impl Entry {
-    /// A fresh record for `cmd`: not failed yet.
-    fn new(cmd: Cmd) -> Entry {
+    /// A fresh record for `cmd` on registered buffer `buf` (if it has one): not failed yet.
+    fn new(cmd: Cmd, buf: u32) -> Entry {
         Entry {
             cmd,
+            buf,
             path: NO_PATH as u16,
             retries: 0,
             failovers: 0,
@@ -427,15 +451,13 @@ impl Submitter<'_> {
         buf: u32,
         tag: u64,
     ) -> Result<(), NotTaken> {
-        if self.room == 0 {
-            return Err(NotTaken);
-        }
-        let Some(b) = self.bufs.get(buf as usize) else {
+        let (Some(room), Some(b)) = (self.room.checked_sub(1), self.bufs.get(buf as usize)) else {
             return Err(NotTaken);
         };
-        issue_fixed_rw(self.qp, self.info, b, write, lba, blocks, buf, tag, NO_SLOT)
+        let meta = Cmd::fixed_rw_meta(write, blocks, buf);
+        issue_fixed_rw(self.qp, self.info, b, write, lba, blocks, tag, meta)
             .map_err(|_| NotTaken)?;
-        self.room -= 1;
+        self.room = room;
         *self.outstanding += 1;
         Ok(())
     }
@@ -586,7 +608,7 @@ impl Channel {
                 return Err(e.into());
             }
         }
-        let slots = opts.slots.max(1);
+        let slots = opts.slots.clamp(1, Cmd::MAX_INDEX as usize + 1);
         let mut ch = Channel {
             ns: ns.clone(),
             qps,
@@ -598,7 +620,7 @@ impl Channel {
             in_flight: vec![0; n],
             generation: u64::MAX,
             outstanding: 0,
-            entries: vec![Entry::new(Cmd::default()); slots],
+            entries: vec![Entry::new(Cmd::default(), 0); slots],
             owned: (0..slots).map(|_| None).collect(),
             fixed_cmds: vec![PassthruCmd::default(); slots],
             fixed_bufs: Arc::from(Vec::new()),
@@ -884,8 +906,8 @@ impl Channel {
     fn send(&mut self, p: usize, cmd: &Cmd) -> Result<(), SubmitError> {
         match cmd.kind() {
             kind @ (CmdKind::FixedRead | CmdKind::FixedWrite) => {
+                let buf = self.buf_of(cmd);
                 let qp = self.qps[p].as_mut().expect("picked path has a queue pair");
-                let buf = cmd.buf();
                 issue_fixed_rw(
                     qp,
                     &self.params[p].info,
@@ -893,9 +915,8 @@ impl Channel {
                     kind == CmdKind::FixedWrite,
                     cmd.lba,
                     cmd.blocks(),
-                    buf,
                     cmd.tag,
-                    cmd.slot(),
+                    cmd.meta,
                 )
             }
             _ => self.send_held(p, *cmd),
@@ -912,7 +933,7 @@ impl Channel {
         match cmd.kind() {
             CmdKind::FixedPassthru => {
                 let pc = self.fixed_cmds[slot];
-                let data = self.fixed_bufs.get(cmd.buf() as usize);
+                let data = self.fixed_bufs.get(self.entries[slot].buf as usize);
                 Self::issue_passthru(qp, info, pc, data, None, cmd)
             }
             CmdKind::Owned => {
@@ -956,15 +977,27 @@ impl Channel {
             .free
             .pop()
             .expect("a slot for every outstanding command");
+        debug_assert!(!cmd.has_slot());
+        let buf = cmd.index();
         let cmd = cmd.with_slot(slot);
-        self.entries[slot as usize] = Entry::new(cmd);
+        self.entries[slot as usize] = Entry::new(cmd, buf);
         cmd
+    }
+
+    /// The registered buffer of a registered-buffer command.
+    #[inline]
+    fn buf_of(&self, cmd: &Cmd) -> u32 {
+        if cmd.has_slot() {
+            self.entries[cmd.index() as usize].buf
+        } else {
+            cmd.index()
+        }
     }
 
     /// `cmd` with a slot: its own, or a new one for a registered read or write that has none yet
     /// (it gets one when it must wait or has failed).
     fn slotted(&mut self, cmd: Cmd) -> Cmd {
-        if cmd.slot() == NO_SLOT {
+        if !cmd.has_slot() {
             self.take_slot(cmd)
         } else {
             cmd
@@ -974,8 +1007,8 @@ impl Channel {
     /// Gives back the slot of a command that is done, if it had one.
     #[inline]
     fn release_slot(&mut self, cmd: Cmd) {
-        if cmd.slot() != NO_SLOT {
-            self.free.push(cmd.slot());
+        if cmd.has_slot() {
+            self.free.push(cmd.index());
         }
     }
 
@@ -1017,6 +1050,13 @@ impl Channel {
     /// [`RefuseReason::Invalid`] while any command is outstanding (one may be on a registered
     /// buffer: the channel does not keep count of which are, to keep their path short).
     pub fn register_buffers(&mut self, bufs: Arc<[DmaBuf]>) -> Result<(), RefuseReason> {
+        if bufs.len() > Cmd::MAX_INDEX as usize + 1 {
+            return Err(RefuseReason::Invalid(format!(
+                "{} buffers: at most {} can be registered",
+                bufs.len(),
+                Cmd::MAX_INDEX as u64 + 1
+            )));
+        }
         if self.outstanding > 0 {
             return Err(RefuseReason::Invalid(format!(
                 "buffers can be registered only while no command is outstanding ({} are)",
@@ -1052,9 +1092,8 @@ impl Channel {
                     {
                         let write = matches!(kind, IoKind::Write { .. });
                         let info = &self.params[p].info;
-                        return match issue_fixed_rw(
-                            qp, info, b, write, lba, blocks, buf, tag, NO_SLOT,
-                        ) {
+                        let meta = Cmd::fixed_rw_meta(write, blocks, buf);
+                        return match issue_fixed_rw(qp, info, b, write, lba, blocks, tag, meta) {
                             Ok(()) => {
                                 self.outstanding += 1;
                                 Ok(())
@@ -1233,7 +1272,7 @@ impl Channel {
                     } = c;
                     // The common case, inline: a registered-buffer read or write (the only
                     // commands without a slot) that succeeded.
-                    if outcome.is_success() && cmd.slot() == NO_SLOT {
+                    if outcome.is_success() && !cmd.has_slot() {
                         ok += 1;
                         // Nothing to drop unless the callback put something there: a completion
                         // moved into `mem::forget` or drop glue lived in memory (10 instructions).
@@ -1242,7 +1281,7 @@ impl Channel {
                             result: Ok(dw0),
                             data: None,
                             metadata: None,
-                            buf_index: Some(cmd.buf()),
+                            buf_index: Some(cmd.index()),
                         });
                         f(&mut done);
                         if done.result.is_err() || done.data.is_some() || done.metadata.is_some() {
@@ -1250,14 +1289,8 @@ impl Channel {
                         }
                         return;
                     }
-                    let Cmd {
-                        tag,
-                        lba,
-                        blocks_buf,
-                        slot_kind,
-                    } = cmd;
-                    if self.dispose_words(p, tag, lba, blocks_buf, slot_kind, outcome, dw0, &mut f)
-                    {
+                    let Cmd { tag, lba, meta } = cmd;
+                    if self.dispose_words(p, tag, lba, meta, outcome, dw0, &mut f) {
                         n += 1;
                     }
                 });
@@ -1285,7 +1318,7 @@ impl Channel {
         n
     }
 
-    /// [`Channel::dispose`] of a completion passed in pieces (its context's four words), so that
+    /// [`Channel::dispose`] of a completion passed in pieces (its context's three words), so that
     /// the common case of [`Channel::poll`] keeps it in registers.
     #[cold]
     #[inline(never)]
@@ -1295,19 +1328,13 @@ impl Channel {
         p: usize,
         tag: u64,
         lba: u64,
-        blocks_buf: u64,
-        slot_kind: u64,
+        meta: u64,
         outcome: Outcome,
         dw0: u32,
         f: &mut dyn FnMut(&mut MpCompletion),
     ) -> bool {
         let c = Completion {
-            tag: Cmd {
-                tag,
-                lba,
-                blocks_buf,
-                slot_kind,
-            },
+            tag: Cmd { tag, lba, meta },
             outcome,
             dw0,
             opcode: 0,
@@ -1435,7 +1462,7 @@ impl Channel {
                     .expect("an owned command keeps its descriptor");
                 (d.data, d.metadata, None)
             }
-            _ => (None, None, Some(cmd.buf())),
+            _ => (None, None, Some(self.buf_of(&cmd))),
         };
         self.release_slot(cmd);
         self.outstanding -= 1;
@@ -1505,5 +1532,59 @@ impl Channel {
             }
         }
         done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_keeps_its_fields_through_packing_and_taking_a_slot() {
+        let max = Cmd::MAX_INDEX;
+        for (cmd, kind, idempotent, buf) in [
+            (
+                Cmd::fixed_rw(false, 7, 8, 3, 99),
+                CmdKind::FixedRead,
+                true,
+                3,
+            ),
+            (
+                Cmd::fixed_rw(true, u64::MAX, u32::MAX, max, 1),
+                CmdKind::FixedWrite,
+                false,
+                max,
+            ),
+            (
+                Cmd::new(CmdKind::FixedPassthru, true, 5, 0, 0, 2),
+                CmdKind::FixedPassthru,
+                true,
+                2,
+            ),
+            (
+                Cmd::new(CmdKind::Owned, false, 6, 0, 0, 0),
+                CmdKind::Owned,
+                false,
+                0,
+            ),
+        ] {
+            assert_eq!(cmd.kind(), kind);
+            assert_eq!(cmd.idempotent(), idempotent);
+            assert!(!cmd.has_slot());
+            assert_eq!(cmd.slot(), NO_SLOT);
+            assert_eq!(cmd.index(), buf);
+            for slot in [0, 1, max] {
+                let s = cmd.with_slot(slot);
+                assert!(s.has_slot());
+                assert_eq!(s.slot(), slot);
+                assert_eq!(
+                    (s.kind(), s.idempotent(), s.blocks(), s.tag, s.lba),
+                    (kind, idempotent, cmd.blocks(), cmd.tag, cmd.lba),
+                    "taking slot {slot} changes nothing else"
+                );
+            }
+        }
+        let w = Cmd::fixed_rw(true, u64::MAX, u32::MAX, max, 1);
+        assert_eq!((w.blocks(), w.lba, w.tag), (u32::MAX, u64::MAX, 1));
     }
 }
