@@ -780,13 +780,9 @@ fn burst(w: &World, ch: &mut Channel) -> [u64; 2] {
     [reads(0) - before[0], reads(1) - before[1]]
 }
 
-#[test]
-fn a_submitter_takes_commands_on_the_picked_path_and_hands_back_what_it_cannot() {
-    // Arrange: active-passive on path 0, four slots, six registered buffers; path 0 answers its
-    // next four I/Os with a path error.
-    let w = world(1);
-    let _cp = MpathControl::new(std::slice::from_ref(&w.ns), ReconnectOptions::default()).spawn();
-    let mut ch = Channel::new(
+/// A channel, active-passive on path 0 (with failback), of four slots.
+fn active_passive_with_4_slots(w: &World) -> Channel {
+    Channel::new(
         &w.ns,
         ChannelOptions {
             slots: 4,
@@ -797,7 +793,16 @@ fn a_submitter_takes_commands_on_the_picked_path_and_hands_back_what_it_cannot()
             ..chan_opts()
         },
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn a_submitter_takes_commands_on_the_picked_path_and_hands_back_what_it_cannot() {
+    // Arrange: active-passive on path 0, four slots, six registered buffers; path 0 answers its
+    // next four I/Os with a path error.
+    let w = world(1);
+    let _cp = MpathControl::new(std::slice::from_ref(&w.ns), ReconnectOptions::default()).spawn();
+    let mut ch = active_passive_with_4_slots(&w);
     let bufs = register(&w, &mut ch, 6);
     let lba = |i: u32| 2048 + u64::from(i * IO_BLOCKS);
     // Round-robin over two usable paths picks per command: no run there.
@@ -872,6 +877,41 @@ fn a_submitter_takes_commands_on_the_picked_path_and_hands_back_what_it_cannot()
     for i in 0..4u32 {
         check(&bufs[i as usize], lba(i), 7).unwrap();
     }
+    assert_eq!(ch.outstanding(), 0);
+}
+
+#[test]
+fn a_leaked_submitter_leaves_the_channel_counting_and_working() {
+    // Arrange: active-passive on path 0, four slots, four registered buffers.
+    let w = world(0);
+    let mut ch = active_passive_with_4_slots(&w);
+    let _bufs = register(&w, &mut ch, 4);
+    let read = |i: u32| IoKind::Read {
+        lba: u64::from(i * IO_BLOCKS),
+        blocks: IO_BLOCKS,
+    };
+    // Act 1: a run takes two of the four, then is leaked, never dropped.
+    let mut s = ch.submitter().expect("one path");
+    s.read(0, IO_BLOCKS, 0, 10).unwrap();
+    s.read(u64::from(IO_BLOCKS), IO_BLOCKS, 1, 11).unwrap();
+    std::mem::forget(s);
+    // Assert 1: the channel counted both; the next poll delivers them and lifts the run's
+    // limit on the queue pair: all four slots fill again, in a run and one by one, no more.
+    assert_eq!(ch.outstanding(), 2);
+    let done = collect(&mut ch, 2, 8, Duration::from_secs(10), || {});
+    assert_eq!(done, vec![(10, Ok(0)), (11, Ok(0))]);
+    {
+        let mut s = ch.submitter().expect("one path");
+        for i in 0..3u32 {
+            s.read(u64::from(i * IO_BLOCKS), IO_BLOCKS, i, 20 + u64::from(i))
+                .unwrap();
+        }
+    }
+    ch.submit_fixed(read(3), 3, 23).unwrap();
+    assert_eq!(ch.submit_fixed(read(0), 0, 24), Err(RefuseReason::Full));
+    let done = collect(&mut ch, 4, 8, Duration::from_secs(10), || {});
+    let want: Vec<_> = (20..24).map(|t| (t, Ok(0))).collect();
+    assert_eq!(done, want);
     assert_eq!(ch.outstanding(), 0);
 }
 

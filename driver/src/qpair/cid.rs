@@ -67,6 +67,12 @@ impl<T> CidTable<T> {
         self.slots.len()
     }
 
+    /// Free command ids.
+    #[inline]
+    pub fn free_count(&self) -> usize {
+        self.free.len()
+    }
+
     /// True when no slot is free.
     #[inline]
     pub fn is_full(&self) -> bool {

@@ -415,6 +415,9 @@ pub struct QueuePair<C = u64> {
     /// See [`QueuePair::keep_until_deleted`].
     kept: Vec<Box<dyn std::any::Any + Send>>,
     timeout_ns: u64,
+    /// Command ids held back from submissions ([`QueuePair::limit_in_flight`]): a command is
+    /// queued only while more than this many are free.
+    reserve: usize,
     ticks: u32,
     next_scan_ns: u64,
     /// Commands completed by a reset or removal, delivered by the next poll.
@@ -501,6 +504,7 @@ impl<C: Copy + Default> QueuePair<C> {
             shadow_pages: s.shadow_pages,
             kept: Vec::new(),
             timeout_ns: s.opts.timeout_ms as u64 * 1_000_000,
+            reserve: 0,
             ticks: 0,
             next_scan_ns: crate::clock::now_ns() + SCAN_INTERVAL_NS,
             failed: Vec::new(),
@@ -560,6 +564,15 @@ impl<C: Copy + Default> QueuePair<C> {
     /// Most commands the queue can hold at once.
     pub fn capacity(&self) -> usize {
         self.cids.capacity()
+    }
+
+    /// Refuses submissions ([`SubmitError::QueueFull`]) that would put more than `max` commands
+    /// in flight (counting each piece of a split transfer), until called again; `usize::MAX`
+    /// lifts the limit. For a caller that bounds what it submits by a count of its own (a
+    /// multipath channel's room for failover): the check the queue pair makes anyway then makes
+    /// both, at no cost per command.
+    pub fn limit_in_flight(&mut self, max: usize) {
+        self.reserve = self.cids.capacity().saturating_sub(max);
     }
 
     /// Largest transfer in bytes (MDTS), `u64::MAX` when unlimited.
@@ -812,7 +825,7 @@ impl<C: Copy + Default> QueuePair<C> {
         group: u16,
         timeout_ms: u32,
     ) -> Result<(), SubmitError> {
-        if self.cids.is_full() || self.rings.sq_free() == 0 {
+        if self.cids.free_count() <= self.reserve || self.rings.sq_free() == 0 {
             return Err(SubmitError::QueueFull);
         }
         let opcode = sqe.opcode();
@@ -1076,7 +1089,7 @@ impl<C: Copy + Default> QueuePair<C> {
                 "split at MDTS, the transfer needs more commands than the queue holds",
             ));
         }
-        if self.cids.capacity() - self.cids.in_flight() < pieces
+        if self.cids.free_count() < pieces + self.reserve
             || (self.rings.sq_free() as usize) < pieces
         {
             return Err(SubmitError::QueueFull);

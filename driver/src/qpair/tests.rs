@@ -305,16 +305,20 @@ fn passthrough_above_mdts_is_refused_and_bad_buffers_too() {
     assert_eq!((c[0].tag, c[0].outcome.is_success()), (9, true));
 }
 
-#[test]
-fn wraparound_at_full_depth_and_backpressure() {
-    let r = rig();
-    let mut qp = r
-        .ctrl
+/// A queue pair of 16 entries: 15 commands.
+fn queue_of_15(r: &Rig) -> QueuePair {
+    r.ctrl
         .io_queue_pair(QueueOptions {
             size: 16,
             ..Default::default()
         })
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn wraparound_at_full_depth_and_backpressure() {
+    let r = rig();
+    let mut qp = queue_of_15(&r);
     let buf = r.pool.alloc(4096, 4096).unwrap();
     assert_eq!(qp.capacity(), 15);
     let mut tag = 0u64;
@@ -334,6 +338,46 @@ fn wraparound_at_full_depth_and_backpressure() {
     }
     assert_eq!(done as u64, tag);
     assert!(done > 16 * 40, "many laps of a 16-entry ring");
+}
+
+#[test]
+fn a_limit_on_commands_in_flight_refuses_above_it_until_lifted() {
+    // Arrange: a queue of 15 commands, limited to 3 in flight; MDTS is 128 KiB (the rig).
+    let r = rig();
+    let mut qp = queue_of_15(&r);
+    let buf = r.pool.alloc(256 << 10, 4096).unwrap();
+    qp.limit_in_flight(3);
+    // Act and assert: three reads go, the fourth is QueueFull; a split needing two commands
+    // does not fit in what is left after one more completes... until the limit is lifted.
+    for tag in 0..3 {
+        qp.read(&r.ns, tag * 8, 8, &buf, 0, tag).unwrap();
+    }
+    assert!(matches!(
+        qp.read(&r.ns, 0, 8, &buf, 0, 9),
+        Err(SubmitError::QueueFull)
+    ));
+    let c = wait(&mut qp, &r.ctrl, 3, 5);
+    assert!(c.iter().all(|c| c.outcome.is_success()));
+    qp.read(&r.ns, 0, 8, &buf, 0, 3).unwrap();
+    qp.read(&r.ns, 8, 8, &buf, 0, 4).unwrap();
+    let split = ((256 << 10) / 512) as u32; // two commands at MDTS 128 KiB
+    assert!(matches!(
+        qp.read(&r.ns, 64, split, &buf, 0, 5),
+        Err(SubmitError::QueueFull)
+    ));
+    qp.limit_in_flight(usize::MAX);
+    qp.read(&r.ns, 64, split, &buf, 0, 5).unwrap();
+    assert_eq!(qp.in_flight(), 4, "two reads and the split's two pieces");
+    let mut tags: Vec<u64> = wait(&mut qp, &r.ctrl, 3, 5).iter().map(|c| c.tag).collect();
+    tags.sort();
+    assert_eq!(tags, [3, 4, 5]);
+    // A limit above the capacity is the capacity.
+    qp.limit_in_flight(1000);
+    let mut n = 0;
+    while qp.read(&r.ns, 0, 8, &buf, 0, 100 + n).is_ok() {
+        n += 1;
+    }
+    assert_eq!(n, 15);
 }
 
 #[test]
