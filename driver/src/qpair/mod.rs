@@ -20,7 +20,7 @@
 //!
 //! # Per-command host memory
 //! A command costs one slot of the command-id table: 32 bytes with a `u64` tag (a 24-byte
-//! [`Tracker`] plus its generation and busy flag), 56 with the multipath channel's context; the
+//! [`Tracker`] plus its generation and busy flag), 48 with the multipath channel's context; the
 //! design allows 256. PRP list pages come from
 //! a per-queue pool and are taken only for transfers that span more than two pages.
 //!
