@@ -250,7 +250,8 @@ impl Cmd {
         }
     }
 
-    /// `meta` of a read or write on registered buffer `buf`, with no slot yet.
+    /// `meta` of a read or write on registered buffer `buf`, with no slot yet (as
+    /// [`Cmd::fixed_rw`], for a command written in place: see [`issue_fixed_rw`]).
     #[inline(always)]
     fn fixed_rw_meta(write: bool, blocks: u32, buf: u32) -> u64 {
         Cmd::pack(CmdKind::fixed_rw(write), !write, blocks, buf)
@@ -258,11 +259,7 @@ impl Cmd {
 
     /// A read or write on registered buffer `buf`, with no slot yet.
     fn fixed_rw(write: bool, lba: u64, blocks: u32, buf: u32, tag: u64) -> Cmd {
-        Cmd {
-            tag,
-            lba,
-            meta: Cmd::fixed_rw_meta(write, blocks, buf),
-        }
+        Cmd::new(CmdKind::fixed_rw(write), !write, tag, lba, blocks, buf)
     }
 
     /// Blocks (registered reads and writes).

@@ -73,12 +73,6 @@ impl<T> CidTable<T> {
         self.free.len()
     }
 
-    /// True when no slot is free.
-    #[inline]
-    pub fn is_full(&self) -> bool {
-        self.free.is_empty()
-    }
-
     /// Takes a free slot, stores `value` and returns the command id, or `None` when full.
     #[inline]
     pub fn alloc(&mut self, value: T) -> Option<u16> {
@@ -170,7 +164,7 @@ mod tests {
         let mut t: CidTable<u64> = CidTable::new(4);
         let ids: Vec<u16> = (0..4).map(|i| t.alloc(i).unwrap()).collect();
         assert_eq!(t.alloc(9), None, "full table refuses");
-        assert!(t.is_full());
+        assert_eq!(t.free_count(), 0, "full");
         let mut sorted = ids.clone();
         sorted.sort();
         sorted.dedup();

@@ -422,18 +422,6 @@ const MPATH: QueueKinds = 2;
 /// Both (namespaces of both kinds on one core).
 const ANY: QueueKinds = DIRECT | MPATH;
 
-impl Queues {
-    /// The kinds of queues in `ctxs`.
-    fn kinds(ctxs: &[NsCtx]) -> QueueKinds {
-        ctxs.iter().fold(0, |k, c| {
-            k | match c.queues {
-                Queues::Direct { .. } => DIRECT,
-                Queues::Mpath { .. } => MPATH,
-            }
-        })
-    }
-}
-
 enum SubmitFail {
     Full,
     /// A multipath run of submissions did not take it: submit it one by one.
@@ -451,22 +439,20 @@ struct Io {
     slot: u32,
 }
 
-/// A read or write of `blocks` blocks at `lba` on buffer `b`, tagged `tag`, on a bare queue pair.
+/// `io` on a bare queue pair.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn submit_direct(
     qp: &mut QueuePair,
     info: &NsInfo,
-    write: bool,
-    lba: u64,
-    blocks: u32,
-    b: &DmaBuf,
-    tag: u64,
+    io: Io,
+    bufs: &[DmaBuf],
 ) -> Result<(), SubmitFail> {
-    let r = if write {
-        qp.write(info, lba, blocks, b, 0, tag)
+    let b = &bufs[io.slot as usize];
+    let tag = io.slot as u64;
+    let r = if io.write {
+        qp.write(info, io.lba, io.blocks, b, 0, tag)
     } else {
-        qp.read(info, lba, blocks, b, 0, tag)
+        qp.read(info, io.lba, io.blocks, b, 0, tag)
     };
     r.map_err(|e| match e {
         SubmitError::QueueFull => SubmitFail::Full,
@@ -480,32 +466,36 @@ fn submit_direct(
 }
 
 impl Queues {
+    /// The kinds of queues in `ctxs`.
+    fn kinds(ctxs: &[NsCtx]) -> QueueKinds {
+        ctxs.iter().fold(0, |k, c| {
+            k | match c.queues {
+                Queues::Direct { .. } => DIRECT,
+                Queues::Mpath { .. } => MPATH,
+            }
+        })
+    }
+
+    /// Submits `io` on queue `q`.
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
     fn submit<const K: QueueKinds>(
         &mut self,
         q: usize,
         io: Io,
         bufs: &[DmaBuf],
     ) -> Result<(), SubmitFail> {
-        let Io {
-            write,
-            lba,
-            blocks,
-            slot,
-        } = io;
-        let tag = slot as u64;
         match self {
-            Queues::Direct { qps, info } if K & DIRECT != 0 => submit_direct(
-                &mut qps[q],
-                info,
-                write,
-                lba,
-                blocks,
-                &bufs[slot as usize],
-                tag,
-            ),
+            Queues::Direct { qps, info } if K & DIRECT != 0 => {
+                submit_direct(&mut qps[q], info, io, bufs)
+            }
             Queues::Mpath { chs } if K & MPATH != 0 => {
+                let Io {
+                    write,
+                    lba,
+                    blocks,
+                    slot,
+                } = io;
+                let tag = slot as u64;
                 let kind = if write {
                     IoKind::Write { lba, blocks }
                 } else {
@@ -525,7 +515,8 @@ impl Queues {
     }
 }
 
-/// How [`NsCtx::submit_with`] submits: one by one on the queues, or through a multipath run.
+/// How [`NsCtx::submit_with`] submits: one by one on the queues, or as a run on a namespace's
+/// one queue pair ([`DirectRun`]) or channel ([`Submitter`]).
 trait Via {
     /// Submits `io` (for queue `q` of `queues`, when it goes one by one).
     fn submit(
@@ -568,16 +559,7 @@ impl Via for DirectRun<'_> {
         io: Io,
         bufs: &[DmaBuf],
     ) -> Result<(), SubmitFail> {
-        let b = &bufs[io.slot as usize];
-        submit_direct(
-            self.qp,
-            self.info,
-            io.write,
-            io.lba,
-            io.blocks,
-            b,
-            io.slot as u64,
-        )
+        submit_direct(self.qp, self.info, io, bufs)
     }
 }
 
@@ -880,8 +862,8 @@ impl NsCtx {
     }
 
     /// The run of [`NsCtx::submit_ready`] on a namespace's one queue pair or channel, which it
-    /// looks up once (a channel's through [`Channel::submitter`]). The queues are taken out of `self` for it, so that the run can hold them
-    /// while the workload picks its next I/O.
+    /// looks up once (a channel's through [`Channel::submitter`]). The queues are taken out of
+    /// `self` for it, so that the run can hold them while the workload picks its next I/O.
     #[inline(never)]
     fn submit_ready_run<const K: QueueKinds>(&mut self, now: u64, budget: &mut u64) {
         let mut queues = std::mem::replace(&mut self.queues, Queues::Mpath { chs: Vec::new() });
