@@ -347,8 +347,8 @@ fn a_limit_on_commands_in_flight_refuses_above_it_until_lifted() {
     let mut qp = queue_of_15(&r);
     let buf = r.pool.alloc(256 << 10, 4096).unwrap();
     qp.limit_in_flight(3);
-    // Act and assert: three reads go, the fourth is QueueFull; a split needing two commands
-    // does not fit in what is left after one more completes... until the limit is lifted.
+    // Act and assert: three reads go, the fourth is QueueFull; with two in flight again, a split
+    // needing two commands does not fit under the limit of three, until the limit is lifted.
     for tag in 0..3 {
         qp.read(&r.ns, tag * 8, 8, &buf, 0, tag).unwrap();
     }
