@@ -406,22 +406,21 @@ impl Entry {
 /// The channel's room (its slots less what it holds) bounds the run through the queue pair's
 /// own admission check ([`QueuePair::limit_in_flight`], lifted when the run is dropped), so a
 /// command costs no check of its own for it (about 4 instructions per I/O in the perf tool).
-/// A run leaked with `mem::forget` leaves that queue pair limited until the channel's next
-/// [`Channel::poll`] or [`Channel::submitter`]: it takes fewer commands, never more.
+/// A run leaked with `mem::forget` leaves its limit on that queue pair: since a live run
+/// borrows the channel, any limit the channel meets outside one is such a leftover, lifted
+/// when it first refuses a command (which is then sent again) or by the next run; meanwhile
+/// the queue pair takes fewer commands, never more, and the channel counts all it took.
 pub struct Submitter<'a> {
     qp: &'a mut QueuePair<Cmd>,
     info: &'a NsInfo,
     bufs: &'a [DmaBuf],
     /// The channel's count of commands held.
     outstanding: &'a mut usize,
-    /// The channel's record of the open run (the path it limits), cleared on drop.
-    open_run: &'a mut Option<usize>,
 }
 
 impl Drop for Submitter<'_> {
     fn drop(&mut self) {
         self.qp.limit_in_flight(usize::MAX);
-        *self.open_run = None;
     }
 }
 
@@ -488,8 +487,6 @@ pub struct Channel {
     spare: Vec<Option<Spare>>,
     /// Some path has a replacement in `spare`: each poll tries to take it.
     replacing: bool,
-    /// The path of a [`Submitter`] not dropped (leaked): see [`Channel::end_leaked_run`].
-    open_run: Option<usize>,
     params: Vec<PathParams>,
     status: Vec<PathStatus>,
     in_flight: Vec<usize>,
@@ -624,7 +621,6 @@ impl Channel {
             origin,
             spare: (0..n).map(|_| None).collect(),
             replacing: false,
-            open_run: None,
             params,
             status: vec![PathStatus::Waiting; n],
             in_flight: vec![0; n],
@@ -1132,28 +1128,28 @@ impl Channel {
     /// parks it, or refuses it, as for any command.
     #[inline(always)]
     pub fn submitter(&mut self) -> Option<Submitter<'_>> {
-        self.end_leaked_run();
         let p = self.current_sole();
         let room = self.entries.len().saturating_sub(self.outstanding);
         let qp = self.qps.get_mut(p)?.as_deref_mut()?;
         qp.limit_in_flight(qp.in_flight() + room);
-        self.open_run = Some(p);
         Some(Submitter {
             qp,
             info: &self.params[p].info,
             bufs: &self.fixed_bufs,
             outstanding: &mut self.outstanding,
-            open_run: &mut self.open_run,
         })
     }
 
-    /// Lifts the limit a [`Submitter`] leaked with `mem::forget` left on its queue pair.
-    #[inline]
-    fn end_leaked_run(&mut self) {
-        if let Some(p) = self.open_run.take() {
-            if let Some(q) = self.qps.get_mut(p).and_then(|q| q.as_deref_mut()) {
+    /// Lifts the limit a [`Submitter`] leaked with `mem::forget` left on path `p`'s queue pair
+    /// (only a leaked one can have: a live run borrows the channel). True if there was one.
+    #[cold]
+    fn lift_leaked_limit(&mut self, p: usize) -> bool {
+        match self.qps.get_mut(p).and_then(|q| q.as_deref_mut()) {
+            Some(q) if q.is_limited() => {
                 q.limit_in_flight(usize::MAX);
+                true
             }
+            _ => false,
         }
     }
 
@@ -1247,6 +1243,7 @@ impl Channel {
                 }
             };
             match err {
+                SubmitError::QueueFull if self.lift_leaked_limit(p) => {} // and again
                 SubmitError::QueueFull => break RefuseReason::Full,
                 SubmitError::NotReady { .. } => self.not_ready(p),
                 SubmitError::DeviceGone { .. } => self.path_lost(p),
@@ -1268,7 +1265,6 @@ impl Channel {
     /// requeue ring, and lends up to `max` finished commands to `f` (which takes the buffers it
     /// keeps, see [`MpCompletion`]).
     pub fn poll(&mut self, max: usize, mut f: impl FnMut(&mut MpCompletion)) -> usize {
-        self.end_leaked_run();
         if self.generation != self.ns.generation() {
             self.refresh();
         }
@@ -1540,6 +1536,7 @@ impl Channel {
             match self.send(p, &s.cmd) {
                 Ok(()) => {}
                 Err(SubmitError::QueueFull) => {
+                    self.lift_leaked_limit(p);
                     self.requeue.push(slot);
                 }
                 Err(SubmitError::NotReady { .. }) => {

@@ -882,21 +882,24 @@ fn a_submitter_takes_commands_on_the_picked_path_and_hands_back_what_it_cannot()
 
 #[test]
 fn a_leaked_submitter_leaves_the_channel_counting_and_working() {
-    // Arrange: active-passive on path 0, four slots, four registered buffers.
-    let w = world(0);
+    // Arrange: active-passive on path 0, four slots, four registered buffers, a CQT of 50 ms, no
+    // control plane (a path that failed stays failed).
+    let w = world(50);
     let mut ch = active_passive_with_4_slots(&w);
-    let _bufs = register(&w, &mut ch, 4);
+    let bufs = register(&w, &mut ch, 4);
     let read = |i: u32| IoKind::Read {
         lba: u64::from(i * IO_BLOCKS),
         blocks: IO_BLOCKS,
     };
+
     // Act 1: a run takes two of the four, then is leaked, never dropped.
     let mut s = ch.submitter().expect("one path");
     s.read(0, IO_BLOCKS, 0, 10).unwrap();
     s.read(u64::from(IO_BLOCKS), IO_BLOCKS, 1, 11).unwrap();
     std::mem::forget(s);
-    // Assert 1: the channel counted both; the next poll delivers them and lifts the run's
-    // limit on the queue pair: all four slots fill again, in a run and one by one, no more.
+
+    // Assert 1: the channel counted both and delivers them; all four slots fill again, in a
+    // run and one by one, no more.
     assert_eq!(ch.outstanding(), 2);
     let done = collect(&mut ch, 2, 8, Duration::from_secs(10), || {});
     assert_eq!(done, vec![(10, Ok(0)), (11, Ok(0))]);
@@ -911,6 +914,41 @@ fn a_leaked_submitter_leaves_the_channel_counting_and_working() {
     assert_eq!(ch.submit_fixed(read(0), 0, 24), Err(RefuseReason::Full));
     let done = collect(&mut ch, 4, 8, Duration::from_secs(10), || {});
     let want: Vec<_> = (20..24).map(|t| (t, Ok(0))).collect();
+    assert_eq!(done, want);
+    assert_eq!(ch.outstanding(), 0);
+
+    // Act 2: a leaked run whose limit is smaller than the channel's room once it is gone: a
+    // write fails over from path 0 and waits out CQT on the requeue ring (held, not in flight)
+    // while a run on path 1 starts with room for three, and is leaked.
+    w.sim.controller(0).faults().fail_matching(
+        FaultMatch::io(),
+        Status::new(sct::PATH, path::INTERNAL_PATH_ERROR),
+        Some(1),
+    );
+    stamp(&bufs[0], 4096, 3);
+    let write = IoKind::Write {
+        lba: 4096,
+        blocks: IO_BLOCKS,
+    };
+    ch.submit_fixed(write, 0, 30).unwrap();
+    ch.poll(8, |c| panic!("nothing completes yet: {:?}", c.tag));
+    assert_eq!(ch.outstanding(), 1);
+    let s = ch.submitter().expect("path 1 is the one usable path");
+    std::mem::forget(s);
+    let done = collect(&mut ch, 1, 8, Duration::from_secs(10), || {});
+    assert_eq!(done, vec![(30, Ok(0))]);
+
+    // Assert 2: the channel is empty, and all four slots take a command again: the fourth
+    // meets the leaked limit of three, which the channel lifts and sends it again. The fifth
+    // is refused for the channel's own bound.
+    assert_eq!(ch.outstanding(), 0);
+    for i in 0..4u32 {
+        ch.submit_fixed(read(i), i, 40 + u64::from(i))
+            .unwrap_or_else(|e| panic!("read {i}: {e:?}"));
+    }
+    assert_eq!(ch.submit_fixed(read(0), 0, 44), Err(RefuseReason::Full));
+    let done = collect(&mut ch, 4, 8, Duration::from_secs(10), || {});
+    let want: Vec<_> = (40..44).map(|t| (t, Ok(0))).collect();
     assert_eq!(done, want);
     assert_eq!(ch.outstanding(), 0);
 }

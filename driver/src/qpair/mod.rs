@@ -575,6 +575,11 @@ impl<C: Copy + Default> QueuePair<C> {
         self.reserve = self.cids.capacity().saturating_sub(max);
     }
 
+    /// True while a limit set by [`QueuePair::limit_in_flight`] holds (one below the capacity).
+    pub fn is_limited(&self) -> bool {
+        self.reserve > 0
+    }
+
     /// Largest transfer in bytes (MDTS), `u64::MAX` when unlimited.
     pub fn mdts_bytes(&self) -> u64 {
         self.mdts_bytes

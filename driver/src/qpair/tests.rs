@@ -346,7 +346,9 @@ fn a_limit_on_commands_in_flight_refuses_above_it_until_lifted() {
     let r = rig();
     let mut qp = queue_of_15(&r);
     let buf = r.pool.alloc(256 << 10, 4096).unwrap();
+    assert!(!qp.is_limited());
     qp.limit_in_flight(3);
+    assert!(qp.is_limited());
     // Act and assert: three reads go, the fourth is QueueFull; with two in flight again, a split
     // needing two commands does not fit under the limit of three, until the limit is lifted.
     for tag in 0..3 {
@@ -366,13 +368,15 @@ fn a_limit_on_commands_in_flight_refuses_above_it_until_lifted() {
         Err(SubmitError::QueueFull)
     ));
     qp.limit_in_flight(usize::MAX);
+    assert!(!qp.is_limited());
     qp.read(&r.ns, 64, split, &buf, 0, 5).unwrap();
     assert_eq!(qp.in_flight(), 4, "two reads and the split's two pieces");
     let mut tags: Vec<u64> = wait(&mut qp, &r.ctrl, 3, 5).iter().map(|c| c.tag).collect();
     tags.sort();
     assert_eq!(tags, [3, 4, 5]);
-    // A limit above the capacity is the capacity.
+    // A limit above the capacity is the capacity: no limit.
     qp.limit_in_flight(1000);
+    assert!(!qp.is_limited());
     let mut n = 0;
     while qp.read(&r.ns, 0, 8, &buf, 0, 100 + n).is_ok() {
         n += 1;
