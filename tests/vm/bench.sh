@@ -5,7 +5,9 @@
 #
 #   sim        host, inline simulator: vfnvme-perf 4 KiB randread, null namespace, 1 core, QD 1,
 #              32 and 128, each repeated; then QD 128 bare queue pair vs --multipath over 1 and 2
-#              simulated controllers, interleaved
+#              simulated controllers, in rounds (the order rotated each round), compared by
+#              medians and by the median of per-round ratios; then the overhead example's
+#              paired wall-clock mode (`overhead ab`, QD 32)
 #   callgrind  host: instructions per I/O at QD 128 (bare and --multipath), split between the
 #              simulator, the driver, the multipath layer and the tool; startup cancelled by
 #              running two -d values and taking the difference
@@ -31,7 +33,8 @@
 #                          a host CPU, or with the host's idle CPUs polling 200 us before they
 #                          halt; or vfnvme (1 ctrl) at every QD with --no-shadow-doorbells;
 #                          in the same boot (see bench-guest.sh)                         [none]
-#   BENCH_BUILD=0          skip `cargo build --release -p vfnvme-tools`
+#   BENCH_AB_ROUNDS        sim: rounds of the overhead example's paired mode (0: none)  [41]
+#   BENCH_BUILD=0          skip `cargo build --release -p vfnvme-tools` (and the example)
 #   RIG_TIMEOUT            guest time limit (s)                [420, or the deadline + 90 s]
 #   RIG_NVME_OPTS=,ioeventfd=on   guest: extra properties of the emulated nvme controllers (here:
 #                          doorbell writes through an eventfd; see docs/benchmarks.md)     [none]
@@ -57,6 +60,7 @@ done
 
 SIM_REPS=${BENCH_SIM_REPS:-3}
 SIM_SECS=${BENCH_SIM_SECS:-5}
+AB_ROUNDS=${BENCH_AB_ROUNDS:-41}
 read -r CG_A CG_B <<< "${BENCH_CG_IOS:-100000 300000}"
 G_REPS=${BENCH_GUEST_REPS:-2}
 G_SECS=${BENCH_GUEST_SECS:-10}
@@ -79,7 +83,7 @@ log() { echo "bench: $*" >&2; }
 
 if [ "${BENCH_BUILD:-1}" = 1 ]; then
     log "cargo build --release -p vfnvme-tools"
-    (cd "$REPO" && cargo build --release -p vfnvme-tools) >&2
+    (cd "$REPO" && cargo build --release -p vfnvme-tools -p vfnvme-mpath --bins --example overhead) >&2
 fi
 [ -x "$PERF" ] || { echo "bench.sh: $PERF missing (cargo build --release -p vfnvme-tools)" >&2; exit 1; }
 # Run a private copy: a concurrent cargo build that relinks target/release/vfnvme-perf while the
@@ -173,17 +177,23 @@ elif kind == "sim-mp":
             ("`--multipath -r sim:ctrls=1` (1 path)", "mp1"),
             ("`--multipath` (2 paths, round-robin)", "mp2")]
     base = stats([perf_iops(f"{out}/sim/bare-r{r}.json") for r in range(1, reps + 1)])
-    print("| QD 128 | IOPS (median) | ns per I/O | runs | spread | vs bare (IOPS ratio, medians) | overhead ns/IO (medians) | vs bare (best runs) | overhead ns/IO (best runs) |")
-    print("|---|---:|---:|---|---:|---:|---:|---:|---:|")
+    print("| QD 128 | IOPS (median) | ns per I/O | runs | spread | vs bare (IOPS ratio, medians) | overhead ns/IO (medians) | vs bare (best runs) | overhead ns/IO (best runs) | vs bare, paired (median of per-round IOPS ratios) |")
+    print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     for label, key in rows:
         s = stats([perf_iops(f"{out}/sim/{key}-r{r}.json") for r in range(1, reps + 1)])
         if not s:
-            print(f"| {label} | FAILED | | | | | | | |"); continue
+            print(f"| {label} | FAILED | | | | | | | | |"); continue
         ratio = s["med"] / base["med"] if base else float("nan")
         dns = 1e9 / s["med"] - 1e9 / base["med"] if base else float("nan")
         rb = s["hi"] / base["hi"] if base else float("nan")
         dnb = 1e9 / s["hi"] - 1e9 / base["hi"] if base else float("nan")
-        print(f"| {label} | {s['med']/1e6:.2f}M | {1e9/s['med']:.1f} | {runs(s)} | {s['spread']:.1f}% | {ratio:.3f} | {dns:+.1f} | {rb:.3f} | {dnb:+.1f} |")
+        # Paired: each round's ratio to that round's bare run (noise that lasts a round moves
+        # both), then the median of those.
+        pr = [perf_iops(f"{out}/sim/{key}-r{r}.json") for r in range(1, reps + 1)]
+        pb = [perf_iops(f"{out}/sim/bare-r{r}.json") for r in range(1, reps + 1)]
+        pairs = [a / b for a, b in zip(pr, pb) if a and b]
+        paired = statistics.median(pairs) if pairs else float("nan")
+        print(f"| {label} | {s['med']/1e6:.2f}M | {1e9/s['med']:.1f} | {runs(s)} | {s['spread']:.1f}% | {ratio:.3f} | {dns:+.1f} | {rb:.3f} | {dnb:+.1f} | {paired:.3f} |")
 elif kind == "guest":
     reps = int(args[0])
     ab = args[1] if len(args) > 1 else ""
@@ -330,11 +340,23 @@ stage_sim() {
             run_perf "$OUT/sim/qd$qd-r$r.json" -w randread -o 4k -q "$qd" -t "$SIM_SECS"
         done
     done
+    local k cfgs=(bare mp1 mp2)
     for r in $(seq "$SIM_REPS"); do
-        run_perf "$OUT/sim/bare-r$r.json" -w randread -o 4k -q 128 -t "$SIM_SECS"
-        run_perf "$OUT/sim/mp1-r$r.json" -w randread -o 4k -q 128 -t "$SIM_SECS" --multipath -r sim:ctrls=1
-        run_perf "$OUT/sim/mp2-r$r.json" -w randread -o 4k -q 128 -t "$SIM_SECS" --multipath
+        # The order rotated each round, so that no configuration always runs first.
+        for k in 0 1 2; do
+            case ${cfgs[$(( (r + k) % 3 ))]} in
+            bare) run_perf "$OUT/sim/bare-r$r.json" -w randread -o 4k -q 128 -t "$SIM_SECS" ;;
+            mp1) run_perf "$OUT/sim/mp1-r$r.json" -w randread -o 4k -q 128 -t "$SIM_SECS" --multipath -r sim:ctrls=1 ;;
+            mp2) run_perf "$OUT/sim/mp2-r$r.json" -w randread -o 4k -q 128 -t "$SIM_SECS" --multipath ;;
+            esac
+        done
     done
+    local ex=$REPO/target/release/examples/overhead
+    if [ "$AB_ROUNDS" -gt 0 ] && [ -x "$ex" ]; then
+        log "overhead ab $AB_ROUNDS 500000"
+        "$ex" ab "$AB_ROUNDS" 500000 > "$OUT/sim/overhead-ab.txt" 2> "$OUT/sim/overhead-ab.err" \
+            || log "FAILED (exit $?): overhead ab"
+    fi
     say ""
     say "## Inline simulator: 4 KiB random reads, null namespace, 1 core"
     machine
@@ -350,7 +372,7 @@ stage_sim() {
     say "## Multipath channel vs bare queue pair (inline simulator, QD 128)"
     machine
     say ""
-    say "Commands ($SIM_REPS repeats, interleaved bare / 1 path / 2 paths):"
+    say "Commands ($SIM_REPS rounds of bare / 1 path / 2 paths, the order rotated each round):"
     say ""
     say '```'
     say "target/release/vfnvme-perf -w randread -o 4k -q 128 -t $SIM_SECS --json"
@@ -359,6 +381,17 @@ stage_sim() {
     say '```'
     say ""
     python_table sim-mp "$SIM_REPS" | tee -a "$REPORT"
+    if [ -s "$OUT/sim/overhead-ab.txt" ]; then
+        say ""
+        say "Paired wall-clock time, bare queue pair (qp), the same keeping the channel's 24-byte"
+        say "descriptor (qpd) and the channel through a Submitter (chs), QD 32, one process, the"
+        say "order rotated each round:"
+        say ""
+        say '```'
+        say "target/release/examples/overhead ab $AB_ROUNDS 500000"
+        cat "$OUT/sim/overhead-ab.txt" | tee -a "$REPORT"
+        say '```'
+    fi
 }
 
 # ---------------------------------------------------------------------------------------------
