@@ -404,7 +404,7 @@ impl Entry {
 /// take.
 ///
 /// The channel's room (its slots less what it holds) bounds the run through the queue pair's
-/// own admission check ([`QueuePair::limit_in_flight`], lifted when the run is dropped), so a
+/// own admission check ([`QueuePair::limit_new`], lifted when the run is dropped), so a
 /// command costs no check of its own for it (about 4 instructions per I/O in the perf tool).
 /// A run leaked with `mem::forget` leaves its limit on that queue pair: since a live run
 /// borrows the channel, any limit the channel meets outside one is such a leftover, lifted
@@ -420,7 +420,7 @@ pub struct Submitter<'a> {
 
 impl Drop for Submitter<'_> {
     fn drop(&mut self) {
-        self.qp.limit_in_flight(usize::MAX);
+        self.qp.lift_limit();
     }
 }
 
@@ -1131,7 +1131,7 @@ impl Channel {
         let p = self.current_sole();
         let room = self.entries.len().saturating_sub(self.outstanding);
         let qp = self.qps.get_mut(p)?.as_deref_mut()?;
-        qp.limit_in_flight(qp.in_flight() + room);
+        qp.limit_new(room);
         Some(Submitter {
             qp,
             info: &self.params[p].info,
@@ -1146,7 +1146,7 @@ impl Channel {
     fn lift_leaked_limit(&mut self, p: usize) -> bool {
         match self.qps.get_mut(p).and_then(|q| q.as_deref_mut()) {
             Some(q) if q.is_limited() => {
-                q.limit_in_flight(usize::MAX);
+                q.lift_limit();
                 true
             }
             _ => false,
@@ -1270,13 +1270,10 @@ impl Channel {
         }
         let mut n = 0;
         for p in 0..self.qps.len() {
-            // An idle queue pair has nothing to deliver (a path active-passive does not use).
-            if self.qps[p].as_ref().is_none_or(|q| q.is_idle()) {
-                continue;
-            }
             // Take the queue pair out while it delivers, so that each completion is disposed of
-            // as it comes (no staging copy).
-            let Some(mut q) = self.qps[p].take() else {
+            // as it comes (no staging copy). An idle one has nothing to deliver (a path
+            // active-passive does not use).
+            let Some(mut q) = self.qps[p].take_if(|q| !q.is_idle()) else {
                 continue;
             };
             loop {

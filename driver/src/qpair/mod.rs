@@ -575,7 +575,22 @@ impl<C: Copy + Default> QueuePair<C> {
         self.reserve = self.cids.capacity().saturating_sub(max);
     }
 
-    /// True while a limit set by [`QueuePair::limit_in_flight`] holds (one below the capacity).
+    /// Refuses submissions that would take more than `n` more command ids than are taken now
+    /// (each piece of a split transfer takes one), until the limit is changed or lifted: the
+    /// same limit as [`QueuePair::limit_in_flight`] with `in_flight() + n`, in fewer steps.
+    #[inline]
+    pub fn limit_new(&mut self, n: usize) {
+        self.reserve = self.cids.free_count().saturating_sub(n);
+    }
+
+    /// Lifts a limit set by [`QueuePair::limit_in_flight`] or [`QueuePair::limit_new`].
+    #[inline]
+    pub fn lift_limit(&mut self) {
+        self.reserve = 0;
+    }
+
+    /// True while a limit set by [`QueuePair::limit_in_flight`] or [`QueuePair::limit_new`]
+    /// holds (one below the capacity).
     pub fn is_limited(&self) -> bool {
         self.reserve > 0
     }

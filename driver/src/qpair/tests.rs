@@ -374,6 +374,23 @@ fn a_limit_on_commands_in_flight_refuses_above_it_until_lifted() {
     let mut tags: Vec<u64> = wait(&mut qp, &r.ctrl, 3, 5).iter().map(|c| c.tag).collect();
     tags.sort();
     assert_eq!(tags, [3, 4, 5]);
+    // A limit on new commands counts from what is in flight now: with none in flight, two more
+    // go and the third is QueueFull, until lifted.
+    assert_eq!(qp.in_flight(), 0);
+    qp.limit_new(2);
+    assert!(qp.is_limited());
+    qp.read(&r.ns, 0, 8, &buf, 0, 6).unwrap();
+    qp.read(&r.ns, 8, 8, &buf, 0, 7).unwrap();
+    assert!(matches!(
+        qp.read(&r.ns, 16, 8, &buf, 0, 8),
+        Err(SubmitError::QueueFull)
+    ));
+    qp.lift_limit();
+    assert!(!qp.is_limited());
+    qp.read(&r.ns, 16, 8, &buf, 0, 8).unwrap();
+    let mut tags: Vec<u64> = wait(&mut qp, &r.ctrl, 3, 5).iter().map(|c| c.tag).collect();
+    tags.sort();
+    assert_eq!(tags, [6, 7, 8]);
     // A limit above the capacity is the capacity: no limit.
     qp.limit_in_flight(1000);
     assert!(!qp.is_limited());
