@@ -55,6 +55,9 @@ impl std::str::FromStr for Policy {
 pub struct Selector {
     current: usize,
     run: u32,
+    /// Where `current` was in the tier [`Selector::round_robin`] was last given: while it is
+    /// still there, the next turn is the next index (the tier is ascending), with no search.
+    cursor: usize,
 }
 
 impl Selector {
@@ -69,23 +72,47 @@ impl Selector {
     /// with [`Selector::pick`], so both take turns in the same order.
     #[inline]
     pub fn round_robin(&mut self, tier: &[usize], min_ios: u32) -> Option<usize> {
+        // The common case: more than one path, the turn's path still at the cursor.
+        if tier.len() > 1 && tier.get(self.cursor) == Some(&self.current) {
+            if self.run < min_ios.max(1) {
+                self.run += 1;
+                return Some(self.current);
+            }
+            self.cursor = if self.cursor + 1 < tier.len() {
+                self.cursor + 1
+            } else {
+                0
+            };
+            self.current = tier[self.cursor];
+            self.run = 1;
+            return Some(self.current);
+        }
+        self.round_robin_search(tier, min_ios)
+    }
+
+    /// [`Selector::round_robin`] when the cursor is not on the turn's path (the tier or the turn
+    /// changed): finds the next turn by path number, and the cursor again.
+    #[inline(never)]
+    fn round_robin_search(&mut self, tier: &[usize], min_ios: u32) -> Option<usize> {
         if let [only] = *tier {
             // One usable path: no turn to take (the turn restarts on it).
             self.current = only;
+            self.cursor = 0;
             return Some(only);
         }
         let first = *tier.first()?;
-        if self.run < min_ios.max(1) && tier.contains(&self.current) {
+        let next = if self.run < min_ios.max(1) && tier.contains(&self.current) {
             self.run += 1;
-            return Some(self.current);
-        }
-        let next = tier
-            .iter()
-            .copied()
-            .find(|&i| i > self.current)
-            .unwrap_or(first);
+            self.current
+        } else {
+            self.run = 1;
+            tier.iter()
+                .copied()
+                .find(|&i| i > self.current)
+                .unwrap_or(first)
+        };
         self.current = next;
-        self.run = 1;
+        self.cursor = tier.iter().position(|&i| i == next).unwrap_or(0);
         Some(next)
     }
 
@@ -208,6 +235,42 @@ mod tests {
         assert_eq!(a.round_robin(&[], 1), None);
         // A path leaving the tier is skipped at once.
         assert_eq!(a.round_robin(&[1], 5), Some(1));
+    }
+
+    #[test]
+    fn round_robin_by_cursor_takes_the_turns_of_the_search_by_path_number() {
+        // The reference: the next turn is the first path of the tier above the current one
+        // (or the tier's first), after min_ios picks of the current one while it is usable.
+        fn reference(cur: &mut usize, run: &mut u32, tier: &[usize], min: u32) -> Option<usize> {
+            if let [only] = *tier {
+                *cur = only;
+                return Some(only);
+            }
+            let first = *tier.first()?;
+            if *run < min.max(1) && tier.contains(cur) {
+                *run += 1;
+                return Some(*cur);
+            }
+            *cur = tier.iter().copied().find(|&i| i > *cur).unwrap_or(first);
+            *run = 1;
+            Some(*cur)
+        }
+        // Tiers that change under the turns: paths leave, come back, and the tier empties.
+        let tiers: [&[usize]; 6] = [&[0, 2, 5], &[0, 5], &[5], &[0, 2, 5], &[], &[2, 5]];
+        for min in [0, 1, 2, 3] {
+            let mut s = Selector::default();
+            let (mut cur, mut run) = (0, 0);
+            for (k, tier) in tiers.iter().enumerate() {
+                for i in 0..7 {
+                    let want = reference(&mut cur, &mut run, tier, min);
+                    assert_eq!(
+                        s.round_robin(tier, min),
+                        want,
+                        "min {min}, tier {k}, pick {i}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
