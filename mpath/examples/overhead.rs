@@ -143,7 +143,15 @@ impl Workload {
         match self {
             Workload::Qp { qp, ns, bufs, .. } => run_qp(qp, ns, bufs, n),
             Workload::Qpd { qp, ns, bufs, .. } => run_qpd(qp, ns, bufs, n),
-            Workload::Ch { ch, submitter } => run_ch(ch, *submitter, n),
+            // One loop per mode: in one function, the two shared their registers.
+            Workload::Ch {
+                ch,
+                submitter: true,
+            } => run_ch::<true>(ch, n),
+            Workload::Ch {
+                ch,
+                submitter: false,
+            } => run_ch::<false>(ch, n),
         }
     }
 }
@@ -208,7 +216,7 @@ fn run_qpd(qp: &mut QueuePair<Desc>, ns: &NsInfo, bufs: &[DmaBuf], n: u64) -> u6
 }
 
 #[inline(never)]
-fn run_ch(ch: &mut Channel, submitter: bool, n: u64) -> u64 {
+fn run_ch<const SUBMITTER: bool>(ch: &mut Channel, n: u64) -> u64 {
     let (mut done, mut sent, mut errors) = (0u64, 0u64, 0u64);
     for i in 0..(QD as u64).min(n) {
         let kind = IoKind::Read { lba: i, blocks: 1 };
@@ -222,7 +230,7 @@ fn run_ch(ch: &mut Channel, submitter: bool, n: u64) -> u64 {
             errors += u64::from(c.result.is_err());
             ready.push(c.tag)
         });
-        if submitter {
+        if SUBMITTER {
             // The run after a poll through one Submitter; what it does not take (nothing,
             // here) goes through submit_fixed once the run is dropped.
             if let Some(mut s) = ch.submitter() {
@@ -237,15 +245,15 @@ fn run_ch(ch: &mut Channel, submitter: bool, n: u64) -> u64 {
                     }
                 }
             }
-        }
-        for t in left.drain(..) {
-            // Counted as done above; sent < n was checked there.
-            let kind = IoKind::Read {
-                lba: sent & 0xffff,
-                blocks: 1,
-            };
-            ch.submit_fixed(kind, t as u32, t).unwrap();
-            sent += 1;
+            for t in left.drain(..) {
+                // Counted as done above; sent < n was checked there.
+                let kind = IoKind::Read {
+                    lba: sent & 0xffff,
+                    blocks: 1,
+                };
+                ch.submit_fixed(kind, t as u32, t).unwrap();
+                sent += 1;
+            }
         }
         for t in ready.drain(..) {
             done += 1;
