@@ -144,8 +144,10 @@ pub enum RefuseReason {
     Full,
     /// No path is usable and none can come back.
     NoPath,
-    /// The driver refused the command (bad buffer, above MDTS...).
-    Invalid(String),
+    /// The driver refused the command (bad buffer, above MDTS...). Boxed, so that a
+    /// submission's `Result` is two words, returned in registers (a `String` made it three,
+    /// returned through memory on every submission).
+    Invalid(Box<String>),
 }
 
 /// Counters of what the channel did.
@@ -220,6 +222,7 @@ pub(crate) struct Cmd {
 }
 
 const _: () = assert!(std::mem::size_of::<Cmd>() == 24);
+const _: () = assert!(std::mem::size_of::<Result<(), RefuseReason>>() == 16);
 
 impl Cmd {
     const INDEX_SHIFT: u32 = 32;
@@ -1057,17 +1060,17 @@ impl Channel {
     /// buffer: the channel does not keep count of which are, to keep their path short).
     pub fn register_buffers(&mut self, bufs: Arc<[DmaBuf]>) -> Result<(), RefuseReason> {
         if bufs.len() > Cmd::MAX_INDEX as usize + 1 {
-            return Err(RefuseReason::Invalid(format!(
+            return Err(RefuseReason::Invalid(Box::new(format!(
                 "{} buffers: at most {} can be registered",
                 bufs.len(),
                 Cmd::MAX_INDEX as u64 + 1
-            )));
+            ))));
         }
         if self.outstanding > 0 {
-            return Err(RefuseReason::Invalid(format!(
+            return Err(RefuseReason::Invalid(Box::new(format!(
                 "buffers can be registered only while no command is outstanding ({} are)",
                 self.outstanding
-            )));
+            ))));
         }
         self.fixed_bufs = bufs;
         Ok(())
@@ -1162,10 +1165,10 @@ impl Channel {
             self.refresh();
         }
         if buf as usize >= self.fixed_bufs.len() {
-            return Err(RefuseReason::Invalid(format!(
+            return Err(RefuseReason::Invalid(Box::new(format!(
                 "buffer {buf} is not registered ({} are)",
                 self.fixed_bufs.len()
-            )));
+            ))));
         }
         if self.outstanding >= self.entries.len() {
             return Err(RefuseReason::Full);
@@ -1247,7 +1250,7 @@ impl Channel {
                 SubmitError::QueueFull => break RefuseReason::Full,
                 SubmitError::NotReady { .. } => self.not_ready(p),
                 SubmitError::DeviceGone { .. } => self.path_lost(p),
-                e => break RefuseReason::Invalid(e.to_string()),
+                e => break RefuseReason::Invalid(Box::new(e.to_string())),
             }
         };
         self.release_slot(cmd);
