@@ -4,8 +4,9 @@
 //! command that the channel keeps, written into the queue pair's record the same way, as an
 //! application that remembers what each command was must) or a `Channel` (`ch`: registered
 //! buffers, `submit_fixed` per command; `chs`: the same through a `Submitter` per run after a
-//! poll). Every loop checks every completion's status, as any application must (the channel does
-//! it for its own disposition), and the example fails if one is an error.
+//! poll, or `Turns` where the policy is round-robin over several paths). Every loop checks
+//! every completion's status, as any application must (the channel does it for its own
+//! disposition), and the example fails if one is an error.
 //!
 //! Instruction counts: `valgrind --tool=callgrind target/release/examples/overhead
 //! {qp|qpd|ch|chs} N [POLICY [PATHS]]` (the policy as `vfnvme-perf --policy` takes it,
@@ -24,7 +25,7 @@ use std::time::Instant;
 use vfnvme::sim::{NsConfig, SimSubsystem};
 use vfnvme::{Controller, ControllerOptions, NsInfo, QueueOptions, QueuePair};
 use vfnvme_hugepages::{DmaBuf, DmaPool, PagePolicy};
-use vfnvme_mpath::{Channel, ChannelOptions, IoKind, Policy, Subsystem};
+use vfnvme_mpath::{Channel, ChannelOptions, IoKind, Policy, Run, Subsystem};
 
 const QD: usize = 32;
 
@@ -231,18 +232,19 @@ fn run_ch<const SUBMITTER: bool>(ch: &mut Channel, n: u64) -> u64 {
             ready.push(c.tag)
         });
         if SUBMITTER {
-            // The run after a poll through one Submitter; what it does not take (nothing,
-            // here) goes through submit_fixed once the run is dropped.
-            if let Some(mut s) = ch.submitter() {
-                for t in ready.drain(..) {
-                    done += 1;
-                    if sent < n {
-                        if s.read(sent & 0xffff, 1, t as u32, t).is_err() {
-                            left.push(t);
-                            continue;
-                        }
-                        sent += 1;
-                    }
+            // The run after a poll through one Submitter (or, for round-robin over several
+            // paths, through its Turns); what it does not take (nothing, here) goes through
+            // submit_fixed once the run is dropped.
+            let ran = match ch.submitter() {
+                Some(mut s) => {
+                    run_reads(&mut s, &mut ready, &mut left, &mut done, &mut sent, n);
+                    true
+                }
+                None => false,
+            };
+            if !ran {
+                if let Some(mut s) = ch.turns() {
+                    run_reads(&mut s, &mut ready, &mut left, &mut done, &mut sent, n);
                 }
             }
             for t in left.drain(..) {
@@ -268,6 +270,29 @@ fn run_ch<const SUBMITTER: bool>(ch: &mut Channel, n: u64) -> u64 {
         }
     }
     errors
+}
+
+/// Resubmits the `ready` tags through `run` (reads while fewer than `n` were sent), counting
+/// them done; those it does not take go to `left`.
+#[inline(always)]
+fn run_reads(
+    run: &mut impl Run,
+    ready: &mut Vec<u64>,
+    left: &mut Vec<u64>,
+    done: &mut u64,
+    sent: &mut u64,
+    n: u64,
+) {
+    for t in ready.drain(..) {
+        *done += 1;
+        if *sent < n {
+            if run.read(*sent & 0xffff, 1, t as u32, t).is_err() {
+                left.push(t);
+                continue;
+            }
+            *sent += 1;
+        }
+    }
 }
 
 /// The median of `v` (sorted in place); `v` is not empty.

@@ -433,13 +433,31 @@ impl Drop for Submitter<'_> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NotTaken;
 
-impl Submitter<'_> {
+/// A run of registered-buffer reads and writes on a channel: a [`Submitter`] (one path) or
+/// [`Turns`] (round-robin over several). A command the run does not take comes back as
+/// [`NotTaken`]: submit it with [`Channel::submit_fixed`] once the run is dropped, which says
+/// why (or sends it elsewhere).
+pub trait Run {
+    /// A read (`write` false) or write of the first `blocks` blocks of registered buffer `buf`,
+    /// from or to `lba`, completed with `tag`.
+    ///
+    /// # Errors
+    /// [`NotTaken`]: submit it with [`Channel::submit_fixed`] after the run.
+    fn rw(
+        &mut self,
+        write: bool,
+        lba: u64,
+        blocks: u32,
+        buf: u32,
+        tag: u64,
+    ) -> Result<(), NotTaken>;
+
     /// A read of the first `blocks` blocks of registered buffer `buf`, from `lba`.
     ///
     /// # Errors
     /// [`NotTaken`]: submit it with [`Channel::submit_fixed`] after the run.
     #[inline(always)]
-    pub fn read(&mut self, lba: u64, blocks: u32, buf: u32, tag: u64) -> Result<(), NotTaken> {
+    fn read(&mut self, lba: u64, blocks: u32, buf: u32, tag: u64) -> Result<(), NotTaken> {
         self.rw(false, lba, blocks, buf, tag)
     }
 
@@ -448,10 +466,12 @@ impl Submitter<'_> {
     /// # Errors
     /// [`NotTaken`]: submit it with [`Channel::submit_fixed`] after the run.
     #[inline(always)]
-    pub fn write(&mut self, lba: u64, blocks: u32, buf: u32, tag: u64) -> Result<(), NotTaken> {
+    fn write(&mut self, lba: u64, blocks: u32, buf: u32, tag: u64) -> Result<(), NotTaken> {
         self.rw(true, lba, blocks, buf, tag)
     }
+}
 
+impl Run for Submitter<'_> {
     #[inline(always)]
     fn rw(
         &mut self,
@@ -467,6 +487,57 @@ impl Submitter<'_> {
         let meta = Cmd::fixed_rw_meta(write, blocks, buf);
         issue_fixed_rw(self.qp, self.info, b, write, lba, blocks, tag, meta)
             .map_err(|_| NotTaken)?;
+        *self.outstanding += 1;
+        Ok(())
+    }
+}
+
+/// A run of registered-buffer reads and writes that takes round-robin's turns over the usable
+/// paths, from [`Channel::turns`]: the round-robin counterpart of [`Submitter`], for a channel
+/// whose pick varies per command. It borrows the channel: drop it to poll, or to submit what it
+/// did not take. Each command takes the next turn (at least `min_ios` per path), as
+/// [`Channel::submit_fixed`] would, without the checks and lookups that call makes for any
+/// policy; the channel's room is counted down in the run. It sets no limit on a queue pair
+/// and counts every command as it takes it, so it has nothing to undo when it ends.
+pub struct Turns<'a> {
+    qps: &'a mut [Option<Box<QueuePair<Cmd>>>],
+    params: &'a [PathParams],
+    tier: &'a [usize],
+    selector: &'a mut Selector,
+    turn_ios: u32,
+    bufs: &'a [DmaBuf],
+    /// The channel's count of commands held.
+    outstanding: &'a mut usize,
+    /// Commands the channel has room for, less what the run took.
+    room: usize,
+}
+
+impl Run for Turns<'_> {
+    #[inline(always)]
+    fn rw(
+        &mut self,
+        write: bool,
+        lba: u64,
+        blocks: u32,
+        buf: u32,
+        tag: u64,
+    ) -> Result<(), NotTaken> {
+        if self.room == 0 {
+            return Err(NotTaken);
+        }
+        let Some(b) = self.bufs.get(buf as usize) else {
+            return Err(NotTaken);
+        };
+        let p = self
+            .selector
+            .round_robin(self.tier, self.turn_ios)
+            .ok_or(NotTaken)?;
+        let (Some(Some(qp)), Some(pp)) = (self.qps.get_mut(p), self.params.get(p)) else {
+            return Err(NotTaken);
+        };
+        let meta = Cmd::fixed_rw_meta(write, blocks, buf);
+        issue_fixed_rw(qp, &pp.info, b, write, lba, blocks, tag, meta).map_err(|_| NotTaken)?;
+        self.room -= 1;
         *self.outstanding += 1;
         Ok(())
     }
@@ -1154,6 +1225,31 @@ impl Channel {
             }
             _ => false,
         }
+    }
+
+    /// Starts a run of registered-buffer reads and writes taking round-robin's turns over the
+    /// usable paths: where [`Channel::submitter`] is `None` because the policy is round-robin
+    /// over more than one usable path. `None` otherwise (then use `submitter`, or
+    /// [`Channel::submit_fixed`]). What the run cannot take comes back as [`NotTaken`], for
+    /// `submit_fixed` once it is dropped.
+    #[inline(always)]
+    pub fn turns(&mut self) -> Option<Turns<'_>> {
+        let Policy::RoundRobin { min_ios } = self.opts.policy else {
+            return None;
+        };
+        if self.current_sole() != VARIES || self.tier.len() < 2 {
+            return None;
+        }
+        Some(Turns {
+            room: self.entries.len().saturating_sub(self.outstanding),
+            qps: &mut self.qps,
+            params: &self.params,
+            tier: &self.tier,
+            selector: &mut self.selector,
+            turn_ios: min_ios.max(1),
+            bufs: &self.fixed_bufs,
+            outstanding: &mut self.outstanding,
+        })
     }
 
     /// Everything [`Channel::submit_fixed`] does not do inline: a stale path view, a bad buffer

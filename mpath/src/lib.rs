@@ -24,7 +24,9 @@ pub mod policy;
 pub mod requeue;
 pub mod subsystem;
 
-pub use channel::{Channel, ChannelOptions, IoError, MpCompletion, NotTaken, Submitter};
+pub use channel::{
+    Channel, ChannelOptions, IoError, MpCompletion, NotTaken, Run, Submitter, Turns,
+};
 pub use control::{MpathControl, ReconnectOptions};
 pub use desc::{IoDesc, IoKind};
 pub use path::{PathInfo, PathStatus};

@@ -15,11 +15,11 @@ use vfnvme::{Controller, ControllerOptions, QueueOptions};
 use vfnvme_hugepages::{DmaPool, PagePolicy};
 use vfnvme_mpath::channel::RefuseReason;
 use vfnvme_mpath::control::ControlThread;
-use vfnvme_mpath::NotTaken;
 use vfnvme_mpath::{
     Channel, ChannelOptions, IoDesc, IoKind, MpNamespace, MpathControl, Policy, ReconnectOptions,
     Subsystem,
 };
+use vfnvme_mpath::{NotTaken, Run};
 use vfnvme_tests::{check, stamp, verify_worker, Tally, IO_BLOCKS, IO_BYTES};
 
 struct World {
@@ -876,6 +876,84 @@ fn a_submitter_takes_commands_on_the_picked_path_and_hands_back_what_it_cannot()
     assert_eq!(done, want);
     for i in 0..4u32 {
         check(&bufs[i as usize], lba(i), 7).unwrap();
+    }
+    assert_eq!(ch.outstanding(), 0);
+}
+
+#[test]
+fn a_round_robin_run_takes_turns_over_both_paths_within_the_channels_room() {
+    // Arrange: round-robin, two commands per turn, over both paths; four slots, six buffers.
+    let w = world(1);
+    let mut ch = Channel::new(
+        &w.ns,
+        ChannelOptions {
+            slots: 4,
+            policy: Policy::RoundRobin { min_ios: 2 },
+            ..chan_opts()
+        },
+    )
+    .unwrap();
+    let bufs = register(&w, &mut ch, 6);
+    let lba = |i: u32| 4096 + u64::from(i * IO_BLOCKS);
+    // A run on one path does not exist here, and active-passive has no turns to take.
+    assert!(ch.submitter().is_none());
+    let mut ap = active_passive_with_4_slots(&w);
+    assert!(ap.turns().is_none());
+    drop(ap);
+    let writes = |c: usize| w.sim.controller(c).stats().io(NvmOpcode::WRITE.0);
+    let (w0, w1) = (writes(0), writes(1));
+    for i in 0..5u32 {
+        stamp(&bufs[i as usize], lba(i), 9);
+    }
+
+    // Act 1: five writes in one run: it takes four (the channel's slots), two per path, and
+    // hands back the fifth, which submit_fixed then refuses as Full; an unregistered buffer is
+    // handed back too.
+    {
+        let mut t = ch.turns().expect("round-robin over two usable paths");
+        assert_eq!(t.write(lba(0), IO_BLOCKS, 6, 99), Err(NotTaken));
+        for i in 0..4u32 {
+            t.write(lba(i), IO_BLOCKS, i, 100 + u64::from(i)).unwrap();
+        }
+        assert_eq!(t.write(lba(4), IO_BLOCKS, 4, 104), Err(NotTaken));
+    }
+    let fifth = IoKind::Write {
+        lba: lba(4),
+        blocks: IO_BLOCKS,
+    };
+    assert_eq!(ch.submit_fixed(fifth, 4, 104), Err(RefuseReason::Full));
+    assert_eq!(ch.outstanding(), 4);
+
+    // Assert 1: the four complete once each, two on each controller.
+    let done = collect(&mut ch, 4, 16, Duration::from_secs(10), || {});
+    let want: Vec<_> = (100..104).map(|t| (t, Ok(0))).collect();
+    assert_eq!(done, want);
+    assert_eq!((writes(0) - w0, writes(1) - w1), (2, 2));
+
+    // Act 2: read the four back through two runs, the first taking one read (a run leaves
+    // nothing to undo when it ends: the channel counts each command as the run takes it).
+    for b in bufs.iter().take(4) {
+        b.fill(0, IO_BYTES, 0);
+    }
+    ch.turns()
+        .expect("turns")
+        .read(lba(0), IO_BLOCKS, 0, 200)
+        .unwrap();
+    assert_eq!(ch.outstanding(), 1);
+    {
+        let mut t = ch.turns().expect("turns");
+        for i in 1..4u32 {
+            t.read(lba(i), IO_BLOCKS, i, 200 + u64::from(i)).unwrap();
+        }
+        assert_eq!(t.read(lba(4), IO_BLOCKS, 4, 204), Err(NotTaken));
+    }
+
+    // Assert 2: what was written comes back, and nothing is left outstanding.
+    let done = collect(&mut ch, 4, 16, Duration::from_secs(10), || {});
+    let want: Vec<_> = (200..204).map(|t| (t, Ok(0))).collect();
+    assert_eq!(done, want);
+    for i in 0..4u32 {
+        check(&bufs[i as usize], lba(i), 9).unwrap();
     }
     assert_eq!(ch.outstanding(), 0);
 }

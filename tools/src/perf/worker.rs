@@ -32,7 +32,7 @@ use vfnvme::spec::Status;
 use vfnvme::{NsInfo, Outcome, QueueOptions, QueuePair};
 use vfnvme_hugepages::{DmaBuf, DmaCache, DmaPool};
 use vfnvme_mpath::channel::RefuseReason;
-use vfnvme_mpath::{Channel, ChannelOptions, IoError, IoKind, Policy, Submitter};
+use vfnvme_mpath::{Channel, ChannelOptions, IoError, IoKind, Policy, Run};
 
 use super::args::Workload;
 use super::rng::{mix, percent_threshold, WyRand};
@@ -563,7 +563,8 @@ impl Via for DirectRun<'_> {
     }
 }
 
-impl Via for Submitter<'_> {
+/// A channel's run, on one path ([`Submitter`]) or over round-robin's turns ([`Turns`]).
+impl<R: Run> Via for R {
     #[inline(always)]
     fn submit(&mut self, _: &mut Queues, _: usize, io: Io, _: &[DmaBuf]) -> Result<(), SubmitFail> {
         let tag = io.slot as u64;
@@ -876,8 +877,17 @@ impl NsCtx {
                 self.submit_with(now, budget, &mut run);
             }
             Queues::Mpath { chs } if K & MPATH != 0 => {
-                if let Some(mut run) = chs[0].submitter() {
+                // A run on the one path the policy picks, or round-robin's turns over several.
+                let ran = if let Some(mut run) = chs[0].submitter() {
                     self.submit_with(now, budget, &mut run);
+                    true
+                } else {
+                    false
+                };
+                if !ran {
+                    if let Some(mut run) = chs[0].turns() {
+                        self.submit_with(now, budget, &mut run);
+                    }
                 }
             }
             _ => unreachable!("a run loop for queues of kinds {K} met another"),
