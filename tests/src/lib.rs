@@ -62,6 +62,8 @@ pub struct Tally {
     pub completed: std::sync::atomic::AtomicU64,
     /// Reads whose data was checked.
     pub verified: std::sync::atomic::AtomicU64,
+    /// Commands on registered buffers (submitted through runs) that completed.
+    pub registered: std::sync::atomic::AtomicU64,
     /// Failovers the channels did.
     pub failovers: std::sync::atomic::AtomicU64,
     /// Same-path retries the channels did.
@@ -72,9 +74,12 @@ pub struct Tally {
 }
 
 /// One core's verify loop through `ch` over its own LBA range (`qd` slots of [`IO_BLOCKS`]
-/// blocks from `base`) until `stop` (and at least two rounds): write every slot with a new
-/// generation, then read every slot back and check it; plain and passthrough commands alternate
-/// by round. Every command must complete exactly once and successfully; the channel must end
+/// blocks from `base`) until `stop` (and at least three rounds): write every slot with a new
+/// generation, then read every slot back and check it. The rounds take turns at three ways in:
+/// plain descriptors that own their buffers (`Channel::submit`), passthrough commands, and
+/// registered buffers through runs (`Channel::turns` over several usable paths,
+/// `Channel::submitter` on one, `submit_fixed` for what a run hands back), as the perf tool
+/// submits. Every command must complete exactly once and successfully; the channel must end
 /// with nothing outstanding, no "no path" completion and no bad completion.
 ///
 /// # Panics
@@ -99,14 +104,34 @@ pub fn verify_worker(
     let mut bufs: Vec<Option<DmaBuf>> = (0..qd)
         .map(|_| Some(pool.alloc(IO_BYTES, 4096).unwrap()))
         .collect();
+    let fixed: std::sync::Arc<[DmaBuf]> = (0..qd)
+        .map(|_| pool.alloc(IO_BYTES, 4096).unwrap())
+        .collect::<Vec<_>>()
+        .into();
+    ch.register_buffers(fixed.clone()).unwrap();
     let mut gen = 0u64;
     let mut round = 0u64;
-    while !stop.load(Ordering::Relaxed) || round < 2 {
+    while !stop.load(Ordering::Relaxed) || round < 3 {
         gen += 1;
         for read_phase in [false, true] {
-            let passthru = round % 2 == 1;
+            let passthru = round % 3 == 1;
+            let registered = round % 3 == 2;
             let mut pending: HashSet<u64> = HashSet::new();
-            for i in 0..qd {
+            let lba_of = |i: u64| base + i * IO_BLOCKS as u64;
+            let tag_of = |i: u64| (gen << 20) | (read_phase as u64) << 16 | i;
+            if registered {
+                for i in 0..qd {
+                    if read_phase {
+                        fixed[i as usize].fill(0, IO_BYTES, 0);
+                    } else {
+                        stamp(&fixed[i as usize], lba_of(i), gen);
+                    }
+                    assert!(pending.insert(tag_of(i)));
+                }
+                submit_registered(&mut ch, core, qd, !read_phase, lba_of, tag_of);
+                tally.submitted.fetch_add(qd, Ordering::Relaxed);
+            }
+            for i in (0..qd).filter(|_| !registered) {
                 let lba = base + i * IO_BLOCKS as u64;
                 let buf = bufs[i as usize].take().unwrap();
                 if read_phase {
@@ -162,9 +187,21 @@ pub fn verify_worker(
                     if let Err(e) = &c.result {
                         panic!("core {core} gen {gen} slot {i} read={read_phase}: {e}");
                     }
+                    let lba = lba_of(i);
+                    if registered {
+                        tally.registered.fetch_add(1, Ordering::Relaxed);
+                        assert!(c.data.is_none(), "core {core}: a registered buffer is kept");
+                        assert_eq!(c.buf_index, Some(i as u32), "core {core}: buffer index");
+                        if read_phase {
+                            if let Err(e) = check(&fixed[i as usize], lba, gen) {
+                                panic!("core {core}: corrupted data (registered): {e}");
+                            }
+                            tally.verified.fetch_add(1, Ordering::Relaxed);
+                        }
+                        return;
+                    }
                     let buf = c.data.take().expect("buffer comes back");
                     if read_phase {
-                        let lba = base + i * IO_BLOCKS as u64;
                         if let Err(e) = check(&buf, lba, gen) {
                             panic!("core {core}: corrupted data: {e}");
                         }
@@ -189,4 +226,59 @@ pub fn verify_worker(
     eprintln!("core {core}: {round} rounds, {st:?}");
     tally.failovers.fetch_add(st.failovers, Ordering::Relaxed);
     tally.retries.fetch_add(st.retries, Ordering::Relaxed);
+}
+
+/// Submits registered buffer `i` for every `i` below `qd` (a write when `write`, at `lba_of(i)`,
+/// tagged `tag_of(i)`) through runs: round-robin's `Turns` where the pick varies, a `Submitter`
+/// where it is one path, and `submit_fixed` for each command a run hands back (polling, with
+/// nothing expected to complete, while the channel is full).
+fn submit_registered(
+    ch: &mut vfnvme_mpath::Channel,
+    core: u64,
+    qd: u64,
+    write: bool,
+    lba_of: impl Fn(u64) -> u64,
+    tag_of: impl Fn(u64) -> u64,
+) {
+    use vfnvme_mpath::channel::RefuseReason;
+    use vfnvme_mpath::{IoKind, Run};
+    // Takes commands from `next` on until the run hands one back; returns how many it took.
+    let take = |run: &mut dyn FnMut(u64) -> bool, next: u64| {
+        (next..qd).take_while(|&i| run(i)).count() as u64
+    };
+    let rw = |r: &mut dyn Run, i: u64| {
+        let (lba, buf, tag) = (lba_of(i), i as u32, tag_of(i));
+        if write {
+            r.write(lba, IO_BLOCKS, buf, tag).is_ok()
+        } else {
+            r.read(lba, IO_BLOCKS, buf, tag).is_ok()
+        }
+    };
+    let mut next = 0;
+    while next < qd {
+        let took = ch.turns().map(|mut t| take(&mut |i| rw(&mut t, i), next));
+        next += match took {
+            Some(n) => n,
+            None => ch
+                .submitter()
+                .map_or(0, |mut s| take(&mut |i| rw(&mut s, i), next)),
+        };
+        if next == qd {
+            break;
+        }
+        // The run handed `next` back: one by one, which says why (or sends it elsewhere).
+        let (lba, blocks) = (lba_of(next), IO_BLOCKS);
+        let kind = if write {
+            IoKind::Write { lba, blocks }
+        } else {
+            IoKind::Read { lba, blocks }
+        };
+        match ch.submit_fixed(kind, next as u32, tag_of(next)) {
+            Ok(()) => next += 1,
+            Err(RefuseReason::Full) => {
+                ch.poll(64, |c| panic!("unexpected early completion {:#x}", c.tag));
+            }
+            Err(r) => panic!("core {core}: registered command refused: {r:?}"),
+        }
+    }
 }

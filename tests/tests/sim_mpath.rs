@@ -104,6 +104,10 @@ fn run_with_faults(w: &World, inject: impl FnOnce(&World)) -> Arc<Tally> {
         t.completed.load(Ordering::Relaxed)
     );
     assert!(t.verified.load(Ordering::Relaxed) > 0);
+    assert!(
+        t.registered.load(Ordering::Relaxed) > 0,
+        "no round on registered buffers"
+    );
     tally
 }
 
