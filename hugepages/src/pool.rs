@@ -178,13 +178,15 @@ impl DmaPool {
                     let mut s = self.state.lock().unwrap();
                     self.new_region(&mut s, len)?
                 };
-                Ok(DmaBuf {
+                let d = DmaBuf {
                     region: r,
                     offset: 0,
                     len,
                     class: OWN_REGION,
                     pool: self.clone(),
-                })
+                };
+                debug_assert!(d.in_region());
+                Ok(d)
             }
         }
     }
@@ -252,13 +254,26 @@ impl std::fmt::Debug for DmaBuf {
 
 impl DmaBuf {
     fn from_block(b: Block, len: usize, class: u8, pool: &Arc<DmaPool>) -> DmaBuf {
-        DmaBuf {
+        let d = DmaBuf {
             region: b.region,
             offset: b.offset,
             len,
             class,
             pool: pool.clone(),
-        }
+        };
+        debug_assert!(d.in_region());
+        d
+    }
+
+    /// The invariant the unchecked region accesses rely on: the buffer lies inside its region
+    /// at a page-aligned offset. A block of a class (at least a page, carved at multiples of its
+    /// size, no longer than the class) or a region of its own (offset 0) always does.
+    fn in_region(&self) -> bool {
+        self.offset.is_multiple_of(SMALL_PAGE_SIZE)
+            && self
+                .offset
+                .checked_add(self.len)
+                .is_some_and(|end| end <= self.region.len())
     }
 
     /// Length in bytes, as requested.
@@ -303,11 +318,9 @@ impl DmaBuf {
 
     #[inline(always)]
     fn check(&self, offset: usize, len: usize) {
-        assert!(
-            offset.checked_add(len).is_some_and(|e| e <= self.len),
-            "DmaBuf access out of bounds: offset {offset} len {len} buffer {}",
-            self.len
-        );
+        if offset.checked_add(len).is_none_or(|e| e > self.len) {
+            crate::region::out_of_bounds("DmaBuf", offset, len, self.len);
+        }
     }
 
     /// Copies from the buffer at `offset` into `dst`.
@@ -327,7 +340,9 @@ impl DmaBuf {
     #[inline]
     pub fn write(&self, offset: usize, src: &[u8]) {
         self.check(offset, src.len());
-        self.region.write(self.offset + offset, src)
+        // SAFETY: the range is inside the buffer (checked just above) and the buffer inside its
+        // region (the invariant of every `DmaBuf`, see `DmaBuf::in_region`).
+        unsafe { self.region.write_in_range(self.offset + offset, src) }
     }
 
     /// Fills `len` bytes at `offset` with `byte`.
@@ -368,7 +383,16 @@ impl DmaBuf {
     #[inline(always)]
     pub fn load_entry16(&self, offset: usize, ready: impl FnOnce(u32) -> bool) -> Option<[u32; 4]> {
         self.check(offset, 16);
-        self.region.load_entry16(self.offset + offset, ready)
+        if !offset.is_multiple_of(4) {
+            crate::region::misaligned(offset);
+        }
+        // SAFETY: the range is inside the buffer (checked just above) and the buffer inside its
+        // region, at a page-aligned offset (the invariant of every `DmaBuf`, see
+        // `DmaBuf::in_region`), so the region offset is 4-aligned as `offset` is.
+        unsafe {
+            self.region
+                .load_entry16_in_range(self.offset + offset, ready)
+        }
     }
 
     /// Loads a `u32` at a 4-aligned `offset` with Acquire ordering.
@@ -518,6 +542,30 @@ impl Drop for DmaCache {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn a_buffer_is_checked_once_against_itself_not_its_region() {
+        // Arrange: a 4 KiB buffer from a class block, inside a larger region.
+        let pool = DmaPool::new(PagePolicy::Small);
+        let b = pool.alloc(4096, 4096).unwrap();
+        assert!(b.in_region());
+        assert!(b.region().len() >= b.len());
+        // Act and assert: the last entry of the buffer reads and writes; one past it, or a
+        // misaligned entry, panics, though the region goes on after the buffer.
+        b.write(4096 - 16, &[7u8; 16]);
+        assert_eq!(b.load_entry16(4096 - 16, |_| true), Some([0x0707_0707; 4]));
+        let past = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            b.write(4096 - 8, &[0u8; 16])
+        }));
+        assert!(past.is_err(), "a write past the buffer panics");
+        let past = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            b.load_entry16(4096, |_| true)
+        }));
+        assert!(past.is_err(), "an entry past the buffer panics");
+        let skew =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| b.load_entry16(2, |_| true)));
+        assert!(skew.is_err(), "a misaligned entry panics");
+    }
 
     /// A mapper that places each region at VA + a salt, like an IOMMU with its own IOVA space.
     struct SaltMapper {

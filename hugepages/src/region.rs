@@ -247,20 +247,17 @@ impl DmaRegion {
 
     #[inline(always)]
     fn check(&self, offset: usize, len: usize) {
-        assert!(
-            offset.checked_add(len).is_some_and(|end| end <= self.0.len),
-            "DMA region access out of bounds: offset {offset} len {len} region {}",
-            self.0.len
-        );
+        if offset.checked_add(len).is_none_or(|end| end > self.0.len) {
+            out_of_bounds("DMA region", offset, len, self.0.len);
+        }
     }
 
     #[inline(always)]
     fn check_aligned(&self, offset: usize, len: usize, align: usize) {
         self.check(offset, len);
-        assert!(
-            offset.is_multiple_of(align),
-            "misaligned DMA word access at {offset}"
-        );
+        if !offset.is_multiple_of(align) {
+            misaligned(offset);
+        }
     }
 
     /// The byte at `offset` as an atomic (no alignment needed).
@@ -346,6 +343,20 @@ impl DmaRegion {
     #[inline(always)]
     pub fn write(&self, offset: usize, src: &[u8]) {
         self.check(offset, src.len());
+        // SAFETY: the range was checked just above.
+        unsafe { self.write_in_range(offset, src) }
+    }
+
+    /// [`DmaRegion::write`] without its range check, for a caller that has made it (a
+    /// [`crate::DmaBuf`], whose own check covers it: one check per access, not two).
+    ///
+    /// # Safety
+    /// `offset..offset + src.len()` must be inside the region.
+    #[inline(always)]
+    pub(crate) unsafe fn write_in_range(&self, offset: usize, src: &[u8]) {
+        debug_assert!(offset
+            .checked_add(src.len())
+            .is_some_and(|end| end <= self.0.len));
         if offset.is_multiple_of(8) && src.len().is_multiple_of(4) {
             self.write_words(offset, src);
         } else {
@@ -502,9 +513,26 @@ impl DmaRegion {
     #[inline(always)]
     pub fn load_entry16(&self, offset: usize, ready: impl FnOnce(u32) -> bool) -> Option<[u32; 4]> {
         self.check_aligned(offset, 16, 4);
-        // SAFETY: the 16 bytes at `offset` are inside the live mapping and 4-byte aligned
-        // (checked above), so each of the four dwords is a valid AtomicU32 for as long as `self`;
-        // they are only accessed atomically, and no plain reference into the mapping is made.
+        // SAFETY: the range and the alignment were checked just above.
+        unsafe { self.load_entry16_in_range(offset, ready) }
+    }
+
+    /// [`DmaRegion::load_entry16`] without its checks, for a caller that has made them (a
+    /// [`crate::DmaBuf`]).
+    ///
+    /// # Safety
+    /// `offset..offset + 16` must be inside the region, and `offset` 4-byte aligned.
+    #[inline(always)]
+    pub(crate) unsafe fn load_entry16_in_range(
+        &self,
+        offset: usize,
+        ready: impl FnOnce(u32) -> bool,
+    ) -> Option<[u32; 4]> {
+        debug_assert!(offset + 16 <= self.0.len && offset.is_multiple_of(4));
+        // SAFETY: the 16 bytes at `offset` are inside the live mapping and 4-byte aligned (the
+        // caller's guarantee), so each of the four dwords is a valid AtomicU32 for as long as
+        // `self`; they are only accessed atomically, and no plain reference into the mapping is
+        // made.
         let dw = |i: usize| unsafe { &*(self.0.va.add(offset + 4 * i) as *const AtomicU32) };
         let dw3 = dw(3).load(Ordering::Acquire);
         if !ready(dw3) {
@@ -559,6 +587,23 @@ impl DmaRegion {
     pub fn store_u64(&self, offset: usize, v: u64) {
         self.atomic_u64(offset).store(v, Ordering::Relaxed)
     }
+}
+
+/// The panic of a DMA access out of bounds, out of line: inlined, its message's arguments were
+/// stored on every access (the hot path's checks are a compare and a branch).
+#[cold]
+#[inline(never)]
+#[track_caller]
+pub(crate) fn out_of_bounds(what: &str, offset: usize, len: usize, size: usize) -> ! {
+    panic!("{what} access out of bounds: offset {offset} len {len} size {size}")
+}
+
+/// The panic of a misaligned DMA word access, out of line (see [`out_of_bounds`]).
+#[cold]
+#[inline(never)]
+#[track_caller]
+pub(crate) fn misaligned(offset: usize) -> ! {
+    panic!("misaligned DMA word access at {offset}")
 }
 
 #[cfg(test)]
