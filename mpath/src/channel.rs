@@ -484,12 +484,40 @@ impl Run for Submitter<'_> {
         let Some(b) = self.bufs.get(buf as usize) else {
             return Err(NotTaken);
         };
-        let meta = Cmd::fixed_rw_meta(write, blocks, buf);
-        issue_fixed_rw(self.qp, self.info, b, write, lba, blocks, tag, meta)
-            .map_err(|_| NotTaken)?;
-        *self.outstanding += 1;
-        Ok(())
+        take_fixed_rw(
+            self.qp,
+            self.info,
+            b,
+            self.outstanding,
+            write,
+            lba,
+            blocks,
+            buf,
+            tag,
+        )
     }
+}
+
+/// What a run ([`Submitter`], [`Turns`]) does with a command once it has its queue pair and
+/// buffer: queues it as a slotless registered-buffer read or write and counts it among the
+/// channel's `outstanding`; a refusal is [`NotTaken`].
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn take_fixed_rw(
+    qp: &mut QueuePair<Cmd>,
+    info: &NsInfo,
+    b: &DmaBuf,
+    outstanding: &mut usize,
+    write: bool,
+    lba: u64,
+    blocks: u32,
+    buf: u32,
+    tag: u64,
+) -> Result<(), NotTaken> {
+    let meta = Cmd::fixed_rw_meta(write, blocks, buf);
+    issue_fixed_rw(qp, info, b, write, lba, blocks, tag, meta).map_err(|_| NotTaken)?;
+    *outstanding += 1;
+    Ok(())
 }
 
 /// A run of registered-buffer reads and writes that takes round-robin's turns over the usable
@@ -535,10 +563,18 @@ impl Run for Turns<'_> {
         let (Some(Some(qp)), Some(pp)) = (self.qps.get_mut(p), self.params.get(p)) else {
             return Err(NotTaken);
         };
-        let meta = Cmd::fixed_rw_meta(write, blocks, buf);
-        issue_fixed_rw(qp, &pp.info, b, write, lba, blocks, tag, meta).map_err(|_| NotTaken)?;
+        take_fixed_rw(
+            qp,
+            &pp.info,
+            b,
+            self.outstanding,
+            write,
+            lba,
+            blocks,
+            buf,
+            tag,
+        )?;
         self.room -= 1;
-        *self.outstanding += 1;
         Ok(())
     }
 }
