@@ -132,14 +132,14 @@ pub fn verify_worker(
                 tally.submitted.fetch_add(qd, Ordering::Relaxed);
             }
             for i in (0..qd).filter(|_| !registered) {
-                let lba = base + i * IO_BLOCKS as u64;
+                let lba = lba_of(i);
                 let buf = bufs[i as usize].take().unwrap();
                 if read_phase {
                     buf.fill(0, IO_BYTES, 0);
                 } else {
                     stamp(&buf, lba, gen);
                 }
-                let tag = (gen << 20) | (read_phase as u64) << 16 | i;
+                let tag = tag_of(i);
                 let mut desc = if passthru {
                     let opcode = if read_phase {
                         NvmOpcode::READ.0
