@@ -82,7 +82,7 @@ say() { echo "$*" | tee -a "$REPORT"; }
 log() { echo "bench: $*" >&2; }
 
 if [ "${BENCH_BUILD:-1}" = 1 ]; then
-    log "cargo build --release -p vfnvme-tools"
+    log "cargo build --release -p vfnvme-tools -p vfnvme-mpath --bins --example overhead"
     (cd "$REPO" && cargo build --release -p vfnvme-tools -p vfnvme-mpath --bins --example overhead) >&2
 fi
 [ -x "$PERF" ] || { echo "bench.sh: $PERF missing (cargo build --release -p vfnvme-tools)" >&2; exit 1; }
@@ -176,11 +176,14 @@ elif kind == "sim-mp":
     rows = [("bare queue pair (`-q 128`)", "bare"),
             ("`--multipath -r sim:ctrls=1` (1 path)", "mp1"),
             ("`--multipath` (2 paths, round-robin)", "mp2")]
-    base = stats([perf_iops(f"{out}/sim/bare-r{r}.json") for r in range(1, reps + 1)])
+    # Each configuration's IOPS by round (None for a failed run), read once.
+    by_round = {key: [perf_iops(f"{out}/sim/{key}-r{r}.json") for r in range(1, reps + 1)]
+                for _, key in rows}
+    base = stats(by_round["bare"])
     print("| QD 128 | IOPS (median) | ns per I/O | runs | spread | vs bare (IOPS ratio, medians) | overhead ns/IO (medians) | vs bare (best runs) | overhead ns/IO (best runs) | vs bare, paired (median of per-round IOPS ratios) |")
     print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     for label, key in rows:
-        s = stats([perf_iops(f"{out}/sim/{key}-r{r}.json") for r in range(1, reps + 1)])
+        s = stats(by_round[key])
         if not s:
             print(f"| {label} | FAILED | | | | | | | | |"); continue
         ratio = s["med"] / base["med"] if base else float("nan")
@@ -189,9 +192,7 @@ elif kind == "sim-mp":
         dnb = 1e9 / s["hi"] - 1e9 / base["hi"] if base else float("nan")
         # Paired: each round's ratio to that round's bare run (noise that lasts a round moves
         # both), then the median of those.
-        pr = [perf_iops(f"{out}/sim/{key}-r{r}.json") for r in range(1, reps + 1)]
-        pb = [perf_iops(f"{out}/sim/bare-r{r}.json") for r in range(1, reps + 1)]
-        pairs = [a / b for a, b in zip(pr, pb) if a and b]
+        pairs = [a / b for a, b in zip(by_round[key], by_round["bare"]) if a and b]
         paired = statistics.median(pairs) if pairs else float("nan")
         print(f"| {label} | {s['med']/1e6:.2f}M | {1e9/s['med']:.1f} | {runs(s)} | {s['spread']:.1f}% | {ratio:.3f} | {dns:+.1f} | {rb:.3f} | {dnb:+.1f} | {paired:.3f} |")
 elif kind == "guest":
