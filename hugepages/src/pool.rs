@@ -337,7 +337,7 @@ impl DmaBuf {
     ///
     /// # Panics
     /// If the range is outside the buffer.
-    #[inline]
+    #[inline(always)]
     pub fn write(&self, offset: usize, src: &[u8]) {
         self.check(offset, src.len());
         // SAFETY: the range is inside the buffer (checked just above) and the buffer inside its

@@ -33,7 +33,7 @@ use vfnvme_hugepages::DmaBuf;
 use crate::desc::{IoDesc, IoKind};
 use crate::disposition::{dispose, Disposition};
 use crate::path::{PathInfo, PathStatus};
-use crate::policy::{Policy, Selector};
+use crate::policy::{Policy, Selector, TurnCursor};
 use crate::requeue::RequeueRing;
 use crate::subsystem::{Inbox, MpNamespace};
 
@@ -520,24 +520,39 @@ fn take_fixed_rw(
     Ok(())
 }
 
+/// Most paths a [`Turns`] run takes turns over (a dual-port SSD has two). Over more,
+/// [`Channel::turns`] is `None` and commands go through [`Channel::submit_fixed`].
+const TURN_PATHS: usize = 4;
+
+/// A path's queue pair as a [`Turns`] run holds it, with its namespace; `None` for a path in the
+/// tier without one (its turn refuses the command, as `submit_fixed` would send it elsewhere).
+type TurnPath<'a> = Option<(&'a mut QueuePair<Cmd>, &'a NsInfo)>;
+
 /// A run of registered-buffer reads and writes that takes round-robin's turns over the usable
 /// paths, from [`Channel::turns`]: the round-robin counterpart of [`Submitter`], for a channel
 /// whose pick varies per command. It borrows the channel: drop it to poll, or to submit what it
 /// did not take. Each command takes the next turn (at least `min_ios` per path), as
-/// [`Channel::submit_fixed`] would, without the checks and lookups that call makes for any
-/// policy; the channel's room is counted down in the run. It sets no limit on a queue pair
-/// and counts every command as it takes it, so it has nothing to undo when it ends.
+/// [`Channel::submit_fixed`] would: the queue pairs of the tier's paths are looked up once for
+/// the run and the turns counted in the run ([`TurnCursor`]), handed back to the channel's
+/// selector when it is dropped. The channel's room is counted down in the run. It sets no limit
+/// on a queue pair and counts every command as it takes it: a run leaked with `mem::forget`
+/// only leaves the selector's turn where the run began.
 pub struct Turns<'a> {
-    qps: &'a mut [Option<Box<QueuePair<Cmd>>>],
-    params: &'a [PathParams],
+    paths: [TurnPath<'a>; TURN_PATHS],
+    turns: TurnCursor,
     tier: &'a [usize],
     selector: &'a mut Selector,
-    turn_ios: u32,
     bufs: &'a [DmaBuf],
     /// The channel's count of commands held.
     outstanding: &'a mut usize,
     /// Commands the channel has room for, less what the run took.
     room: usize,
+}
+
+impl Drop for Turns<'_> {
+    fn drop(&mut self) {
+        self.selector.end_turns(self.tier, &self.turns);
+    }
 }
 
 impl Run for Turns<'_> {
@@ -556,24 +571,10 @@ impl Run for Turns<'_> {
         let Some(b) = self.bufs.get(buf as usize) else {
             return Err(NotTaken);
         };
-        let p = self
-            .selector
-            .round_robin(self.tier, self.turn_ios)
-            .ok_or(NotTaken)?;
-        let (Some(Some(qp)), Some(pp)) = (self.qps.get_mut(p), self.params.get(p)) else {
+        let Some(Some((qp, info))) = self.paths.get_mut(self.turns.take_turn()) else {
             return Err(NotTaken);
         };
-        take_fixed_rw(
-            qp,
-            &pp.info,
-            b,
-            self.outstanding,
-            write,
-            lba,
-            blocks,
-            buf,
-            tag,
-        )?;
+        take_fixed_rw(qp, info, b, self.outstanding, write, lba, blocks, buf, tag)?;
         self.room -= 1;
         Ok(())
     }
@@ -1273,16 +1274,24 @@ impl Channel {
         let Policy::RoundRobin { min_ios } = self.opts.policy else {
             return None;
         };
-        if self.current_sole() != VARIES || self.tier.len() < 2 {
+        if self.current_sole() != VARIES || !(2..=TURN_PATHS).contains(&self.tier.len()) {
             return None;
         }
+        // The tier is ascending: its paths' queue pairs in one pass.
+        let mut paths: [TurnPath<'_>; TURN_PATHS] = Default::default();
+        let mut n = 0;
+        for (i, (q, pp)) in self.qps.iter_mut().zip(&self.params).enumerate() {
+            if self.tier.get(n) == Some(&i) {
+                paths[n] = q.as_deref_mut().map(|q| (q, &pp.info));
+                n += 1;
+            }
+        }
         Some(Turns {
-            room: self.entries.len().saturating_sub(self.outstanding),
-            qps: &mut self.qps,
-            params: &self.params,
+            paths,
+            turns: self.selector.begin_turns(&self.tier, min_ios),
             tier: &self.tier,
             selector: &mut self.selector,
-            turn_ios: min_ios.max(1),
+            room: self.entries.len().saturating_sub(self.outstanding),
             bufs: &self.fixed_bufs,
             outstanding: &mut self.outstanding,
         })

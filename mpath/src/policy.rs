@@ -50,6 +50,37 @@ impl std::str::FromStr for Policy {
     }
 }
 
+/// Round-robin's turns taken by index into a tier of usable paths, away from the [`Selector`]
+/// ([`Selector::begin_turns`]): what a run over several paths keeps in registers, one compare
+/// per command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TurnCursor {
+    /// Index of the turn's path in the tier.
+    at: usize,
+    /// Commands sent in this turn.
+    run: u32,
+    /// Paths in the tier.
+    n: usize,
+    /// Commands per turn (at least one).
+    turn_ios: u32,
+}
+
+impl TurnCursor {
+    /// The tier index of the path that takes the next command.
+    #[inline(always)]
+    pub fn take_turn(&mut self) -> usize {
+        if self.run >= self.turn_ios {
+            self.run = 0;
+            self.at += 1;
+            if self.at == self.n {
+                self.at = 0;
+            }
+        }
+        self.run += 1;
+        self.at
+    }
+}
+
 /// Per-channel selector state.
 #[derive(Clone, Debug, Default)]
 pub struct Selector {
@@ -114,6 +145,57 @@ impl Selector {
         self.current = next;
         self.cursor = tier.iter().position(|&i| i == next).unwrap_or(0);
         Some(next)
+    }
+
+    /// Starts taking round-robin's turns over `tier` (at least two usable paths, ascending)
+    /// away from the selector, as a run does: the cursor it returns gives the same turns as
+    /// [`Selector::round_robin`] would, by index into `tier`, until [`Selector::end_turns`]
+    /// hands it back (the selector is left as it was if that never happens).
+    #[inline]
+    pub fn begin_turns(&self, tier: &[usize], min_ios: u32) -> TurnCursor {
+        let turn_ios = min_ios.max(1);
+        let n = tier.len();
+        debug_assert!(n > 1, "turns over a single path");
+        if tier.get(self.cursor) == Some(&self.current) {
+            return TurnCursor {
+                at: self.cursor,
+                run: self.run,
+                n,
+                turn_ios,
+            };
+        }
+        self.begin_turns_search(tier, turn_ios)
+    }
+
+    /// [`Selector::begin_turns`] when the cursor is not on the turn's path: the turn goes on
+    /// where that path still is in the tier, or else a new one starts on the next path by
+    /// number, as [`Selector::round_robin_search`] has it.
+    #[cold]
+    fn begin_turns_search(&self, tier: &[usize], turn_ios: u32) -> TurnCursor {
+        let n = tier.len();
+        match tier.iter().position(|&i| i == self.current) {
+            Some(at) => TurnCursor {
+                at,
+                run: self.run,
+                n,
+                turn_ios,
+            },
+            None => TurnCursor {
+                at: tier.iter().position(|&i| i > self.current).unwrap_or(0),
+                run: 0,
+                n,
+                turn_ios,
+            },
+        }
+    }
+
+    /// Takes back the turns a [`TurnCursor`] from [`Selector::begin_turns`] over the same `tier`
+    /// went on to, for the next pick or run.
+    #[inline]
+    pub fn end_turns(&mut self, tier: &[usize], turns: &TurnCursor) {
+        self.cursor = turns.at;
+        self.current = tier[turns.at];
+        self.run = turns.run;
     }
 
     /// Picks a path among `status` (one per path) given in-flight counts, or `None` if no path is
@@ -270,6 +352,44 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn turns_taken_away_from_the_selector_are_its_own_turns() {
+        // Runs of every length over changing tiers, begun and ended at any point, against the
+        // selector's own picks.
+        let tiers: [&[usize]; 5] = [&[0, 2, 5], &[0, 5], &[2, 5], &[0, 2, 5], &[1, 3]];
+        for min in [0, 1, 2, 3] {
+            let mut by_run = Selector::default();
+            let mut by_pick = Selector::default();
+            for (k, tier) in tiers.iter().enumerate() {
+                for len in [0, 1, 2, 5, 7] {
+                    let mut t = by_run.begin_turns(tier, min);
+                    for i in 0..len {
+                        let want = by_pick.round_robin(tier, min);
+                        assert_eq!(
+                            Some(tier[t.take_turn()]),
+                            want,
+                            "min {min}, tier {k}, run {len}/{i}"
+                        );
+                    }
+                    by_run.end_turns(tier, &t);
+                    // A pick after the run follows on from it.
+                    assert_eq!(
+                        by_run.round_robin(tier, min),
+                        by_pick.round_robin(tier, min)
+                    );
+                }
+            }
+            // A run that is never ended leaves the selector where it was.
+            let before = by_run.clone();
+            let mut t = by_run.begin_turns(&[0, 5], min);
+            t.take_turn();
+            assert_eq!(
+                by_run.round_robin(&[0, 5], min),
+                before.clone().round_robin(&[0, 5], min)
+            );
         }
     }
 

@@ -851,7 +851,7 @@ impl NsCtx {
             Queues::Direct { qps, .. } => qps.len() == 1,
             Queues::Mpath { chs } => chs.len() == 1,
         };
-        if one {
+        if one && self.ready.len() > 1 {
             self.submit_ready_run::<K>(now, budget);
         }
         // A channel's run hands back what it does not take (or takes nothing: no run), for
