@@ -65,6 +65,30 @@ fn number_of_ios_counts_from_the_end_of_warm_up() {
 }
 
 #[test]
+fn queue_depth_one_runs_on_a_bare_queue_pair_and_on_a_channel() {
+    // One command ready at a time is sent one by one, not as a run: every path of the worker
+    // must still send it (-t bounds a run that sends nothing, which -d alone would not end).
+    for extra in [
+        &[][..],
+        &["--multipath", "-r", "sim:ctrls=1"],
+        &["--multipath"],
+    ] {
+        let mut args = vec!["-d", "500", "-t", "30", "-q", "1", "--json", "-w", "randrw"];
+        args.extend_from_slice(extra);
+        let o = perf(&args);
+        let (out, err) = text(&o);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{args:?}\nstdout:\n{out}\nstderr:\n{err}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).expect("stdout is JSON");
+        assert_eq!(v["total"]["ios"].as_u64(), Some(500), "{args:?}: {out}");
+        assert_eq!(v["errors"].as_array().unwrap().len(), 0, "{args:?}: {out}");
+    }
+}
+
+#[test]
 fn json_report_parses() {
     let o = perf(&["-t", "1", "--json", "-w", "read", "-o", "8k"]);
     let (out, err) = text(&o);

@@ -851,13 +851,15 @@ impl NsCtx {
             Queues::Direct { qps, .. } => qps.len() == 1,
             Queues::Mpath { chs } => chs.len() == 1,
         };
-        if one && self.ready.len() > 1 {
+        // A run for one command costs more than `submit_fixed` does.
+        let run = one && self.ready.len() > 1;
+        if run {
             self.submit_ready_run::<K>(now, budget);
         }
         // A channel's run hands back what it does not take (or takes nothing: no run), for
         // `submit_fixed` to send, one by one; a bare queue pair's run stopped where one by one
         // would.
-        if !one || matches!(self.queues, Queues::Mpath { .. }) {
+        if !run || matches!(self.queues, Queues::Mpath { .. }) {
             self.submit_with(now, budget, &mut OneByOne::<K>);
         }
     }
