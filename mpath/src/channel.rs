@@ -586,9 +586,13 @@ type Spare = (Arc<PathInfo>, Box<QueuePair<Cmd>>);
 /// A per-core handle on a multipath namespace. `Send`, not `Sync`.
 pub struct Channel {
     ns: Arc<MpNamespace>,
-    /// One queue pair per path, boxed so that `poll` can take one out while it delivers (moving
-    /// a pointer, not the queue pair).
+    /// One queue pair per path (boxed: a replacement is moved in from `spare` as a pointer).
     qps: Vec<Option<Box<QueuePair<Cmd>>>>,
+    /// Completions `poll` met that are not a registered-buffer success, with their path: left
+    /// for [`Channel::dispose`] once every queue pair has delivered, so that the queue pairs
+    /// are borrowed while they deliver (not taken out and put back). As many as there are slots,
+    /// reserved.
+    staged: Vec<(usize, Completion<Cmd>)>,
     /// The path (controller) each queue pair was made on, by path. A path re-attached since is
     /// `Waiting` until its replacement queue pair is taken.
     origin: Vec<Option<Arc<PathInfo>>>,
@@ -627,6 +631,28 @@ pub struct Channel {
     /// (active-passive, or a single usable path); [`VARIES`] when the pick varies per command;
     /// [`STALE`] when `tier` and this must be rebuilt first. One compare in the common case.
     sole: usize,
+}
+
+/// Stages a completion for [`Channel::dispose`], passed in pieces (its context's three words) so
+/// that the common case of [`Channel::poll`] keeps it in registers.
+#[cold]
+#[inline(never)]
+fn stage(
+    staged: &mut Vec<(usize, Completion<Cmd>)>,
+    p: usize,
+    tag: u64,
+    lba: u64,
+    meta: u64,
+    outcome: Outcome,
+    dw0: u32,
+) {
+    let c = Completion {
+        tag: Cmd { tag, lba, meta },
+        outcome,
+        dw0,
+        opcode: 0,
+    };
+    staged.push((p, c));
 }
 
 /// No path: `Entry::path` while a command is parked.
@@ -729,6 +755,7 @@ impl Channel {
         let mut ch = Channel {
             ns: ns.clone(),
             qps,
+            staged: Vec::with_capacity(slots),
             origin,
             spare: (0..n).map(|_| None).collect(),
             replacing: false,
@@ -1412,17 +1439,15 @@ impl Channel {
         if self.generation != self.ns.generation() {
             self.refresh();
         }
-        let mut n = 0;
-        for p in 0..self.qps.len() {
-            // Take the queue pair out while it delivers, so that each completion is disposed of
-            // as it comes (no staging copy). An idle one has nothing to deliver (a path
-            // active-passive does not use).
-            let Some(mut q) = self.qps[p].take_if(|q| !q.is_idle()) else {
+        // Successes counted once per poll, not once each.
+        let mut ok = 0;
+        let staged = &mut self.staged;
+        for (p, q) in self.qps.iter_mut().enumerate() {
+            // An idle queue pair has nothing to deliver (a path active-passive does not use).
+            let Some(q) = q.as_deref_mut().filter(|q| !q.is_idle()) else {
                 continue;
             };
             loop {
-                // Successes counted once per batch, not once each.
-                let mut ok = 0;
                 let r = q.poll(max, |c| {
                     // Taken apart, and passed to the slow path in pieces: a completion passed
                     // whole to a call lives in memory on every path (10 instructions per I/O).
@@ -1452,13 +1477,8 @@ impl Channel {
                         return;
                     }
                     let Cmd { tag, lba, meta } = cmd;
-                    if self.dispose_words(p, tag, lba, meta, outcome, dw0, &mut f) {
-                        n += 1;
-                    }
+                    stage(staged, p, tag, lba, meta, outcome, dw0);
                 });
-                self.outstanding -= ok;
-                self.stats.completed += ok as u64;
-                n += ok;
                 match r {
                     Ok(_) => break,
                     Err(e) => {
@@ -1467,7 +1487,12 @@ impl Channel {
                     }
                 }
             }
-            self.qps[p] = Some(q);
+        }
+        self.outstanding -= ok;
+        self.stats.completed += ok as u64;
+        let mut n = ok;
+        if !self.staged.is_empty() {
+            n += self.dispose_staged(&mut f);
         }
         if self.replacing {
             // An old queue pair may have delivered its last command just now: take its
@@ -1480,28 +1505,21 @@ impl Channel {
         n
     }
 
-    /// [`Channel::dispose`] of a completion passed in pieces (its context's three words), so that
-    /// the common case of [`Channel::poll`] keeps it in registers.
+    /// [`Channel::dispose`] of each completion [`Channel::poll`] staged, in the order they came.
+    /// Returns how many completed.
     #[cold]
     #[inline(never)]
-    #[allow(clippy::too_many_arguments)]
-    fn dispose_words(
-        &mut self,
-        p: usize,
-        tag: u64,
-        lba: u64,
-        meta: u64,
-        outcome: Outcome,
-        dw0: u32,
-        f: &mut dyn FnMut(&mut MpCompletion),
-    ) -> bool {
-        let c = Completion {
-            tag: Cmd { tag, lba, meta },
-            outcome,
-            dw0,
-            opcode: 0,
-        };
-        self.dispose(p, c, f)
+    fn dispose_staged(&mut self, f: &mut dyn FnMut(&mut MpCompletion)) -> usize {
+        // Taken out while disposing (dispose needs the channel), and put back with its capacity.
+        let mut staged = std::mem::take(&mut self.staged);
+        let mut n = 0;
+        for (p, c) in staged.drain(..) {
+            if self.dispose(p, c, f) {
+                n += 1;
+            }
+        }
+        self.staged = staged;
+        n
     }
 
     /// Applies the disposition rules to one completion from path `p`. Returns true if it
