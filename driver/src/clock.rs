@@ -44,7 +44,7 @@ const STAMP_TRIES: usize = 8;
 /// How long the calibration spins between its two ends.
 #[cfg(target_arch = "x86_64")]
 const CALIBRATION_SPAN: Duration = Duration::from_millis(5);
-/// Calibrations tried before the last one is accepted however uncertain.
+/// Calibrations tried before the nearest (the fastest of them) is accepted however uncertain.
 #[cfg(target_arch = "x86_64")]
 const CALIBRATION_TRIES: usize = 4;
 
@@ -99,7 +99,7 @@ fn precise(start: Stamp, end: Stamp) -> bool {
 #[cfg(target_arch = "x86_64")]
 fn calibrate() -> Option<Calibration> {
     let base = Instant::now();
-    let mut last = None;
+    let mut best: Option<Calibration> = None;
     for _ in 0..CALIBRATION_TRIES {
         let start = best_stamp(base);
         let spin_from = Instant::now();
@@ -114,9 +114,12 @@ fn calibrate() -> Option<Calibration> {
         if precise(start, end) {
             return Some(cal);
         }
-        last = Some(cal);
+        // Every factor is at most the true one, so the largest is the nearest.
+        if best.as_ref().is_none_or(|b| cal.mult > b.mult) {
+            best = Some(cal);
+        }
     }
-    last
+    best
 }
 
 #[cfg(not(target_arch = "x86_64"))]
