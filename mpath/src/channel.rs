@@ -523,6 +523,7 @@ fn take_fixed_rw(
 /// Most paths a [`Turns`] run takes turns over (a dual-port SSD has two). Over more,
 /// [`Channel::turns`] is `None` and commands go through [`Channel::submit_fixed`].
 const TURN_PATHS: usize = 4;
+const _: () = assert!(TURN_PATHS.is_power_of_two());
 
 /// A path's queue pair as a [`Turns`] run holds it, with its namespace; `None` for a path in the
 /// tier without one (its turn refuses the command, as `submit_fixed` would send it elsewhere).
@@ -534,7 +535,7 @@ type TurnPath<'a> = Option<(&'a mut QueuePair<Cmd>, &'a NsInfo)>;
 /// did not take. Each command takes the next turn (at least `min_ios` per path), as
 /// [`Channel::submit_fixed`] would: the queue pairs of the tier's paths are looked up once for
 /// the run and the turns counted in the run ([`TurnCursor`]), handed back to the channel's
-/// selector when it is dropped. The channel's room is counted down in the run. It sets no limit
+/// selector when it is dropped. The channel's count of what it holds bounds the run. It sets no limit
 /// on a queue pair and counts every command as it takes it: a run leaked with `mem::forget`
 /// only leaves the selector's turn where the run began.
 pub struct Turns<'a> {
@@ -545,8 +546,8 @@ pub struct Turns<'a> {
     bufs: &'a [DmaBuf],
     /// The channel's count of commands held.
     outstanding: &'a mut usize,
-    /// Commands the channel has room for, less what the run took.
-    room: usize,
+    /// Commands the channel may hold (its slots): the run takes none past it.
+    slots: usize,
 }
 
 impl Drop for Turns<'_> {
@@ -565,18 +566,18 @@ impl Run for Turns<'_> {
         buf: u32,
         tag: u64,
     ) -> Result<(), NotTaken> {
-        if self.room == 0 {
+        if *self.outstanding >= self.slots {
             return Err(NotTaken);
         }
         let Some(b) = self.bufs.get(buf as usize) else {
             return Err(NotTaken);
         };
-        let Some(Some((qp, info))) = self.paths.get_mut(self.turns.take_turn()) else {
+        // The cursor's index is below the tier's length, at most TURN_PATHS (a power of two):
+        // the mask costs nothing and spares a bounds check.
+        let Some((qp, info)) = &mut self.paths[self.turns.take_turn() & (TURN_PATHS - 1)] else {
             return Err(NotTaken);
         };
-        take_fixed_rw(qp, info, b, self.outstanding, write, lba, blocks, buf, tag)?;
-        self.room -= 1;
-        Ok(())
+        take_fixed_rw(qp, info, b, self.outstanding, write, lba, blocks, buf, tag)
     }
 }
 
@@ -1318,7 +1319,7 @@ impl Channel {
             turns: self.selector.begin_turns(&self.tier, min_ios),
             tier: &self.tier,
             selector: &mut self.selector,
-            room: self.entries.len().saturating_sub(self.outstanding),
+            slots: self.entries.len(),
             bufs: &self.fixed_bufs,
             outstanding: &mut self.outstanding,
         })
