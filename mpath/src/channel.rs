@@ -535,9 +535,9 @@ type TurnPath<'a> = Option<(&'a mut QueuePair<Cmd>, &'a NsInfo)>;
 /// did not take. Each command takes the next turn (at least `min_ios` per path), as
 /// [`Channel::submit_fixed`] would: the queue pairs of the tier's paths are looked up once for
 /// the run and the turns counted in the run ([`TurnCursor`]), handed back to the channel's
-/// selector when it is dropped. The channel's count of what it holds bounds the run. It sets no limit
-/// on a queue pair and counts every command as it takes it: a run leaked with `mem::forget`
-/// only leaves the selector's turn where the run began.
+/// selector when it is dropped. The channel's count of what it holds bounds the run. It sets no
+/// limit on a queue pair and counts every command as it takes it: a run leaked with
+/// `mem::forget` only leaves the selector's turn where the run began.
 pub struct Turns<'a> {
     paths: [TurnPath<'a>; TURN_PATHS],
     turns: TurnCursor,
