@@ -1491,9 +1491,30 @@ impl Channel {
         }
         self.outstanding -= ok;
         self.stats.completed += ok as u64;
-        let mut n = ok;
+        // One test for the three kinds of work the common case has none of.
+        if !self.staged.is_empty() | self.replacing | !self.requeue.is_empty() {
+            return ok + self.poll_slow(&mut f);
+        }
+        ok
+    }
+
+    /// What [`Channel::poll`] does after its queue pairs have delivered, when there is more than
+    /// successes: disposes of each staged completion in the order they came, takes replacement
+    /// queue pairs, and resends what is due from the requeue ring. Returns how many completed.
+    #[cold]
+    #[inline(never)]
+    fn poll_slow(&mut self, f: &mut dyn FnMut(&mut MpCompletion)) -> usize {
+        let mut n = 0;
         if !self.staged.is_empty() {
-            n += self.dispose_staged(&mut f);
+            // Taken out while disposing (dispose needs the channel), and put back with its
+            // capacity.
+            let mut staged = std::mem::take(&mut self.staged);
+            for (p, c) in staged.drain(..) {
+                if self.dispose(p, c, f) {
+                    n += 1;
+                }
+            }
+            self.staged = staged;
         }
         if self.replacing {
             // An old queue pair may have delivered its last command just now: take its
@@ -1501,25 +1522,8 @@ impl Channel {
             self.adopt_replacements();
         }
         if !self.requeue.is_empty() {
-            n += self.drain_requeue(&mut f);
+            n += self.drain_requeue(f);
         }
-        n
-    }
-
-    /// [`Channel::dispose`] of each completion [`Channel::poll`] staged, in the order they came.
-    /// Returns how many completed.
-    #[cold]
-    #[inline(never)]
-    fn dispose_staged(&mut self, f: &mut dyn FnMut(&mut MpCompletion)) -> usize {
-        // Taken out while disposing (dispose needs the channel), and put back with its capacity.
-        let mut staged = std::mem::take(&mut self.staged);
-        let mut n = 0;
-        for (p, c) in staged.drain(..) {
-            if self.dispose(p, c, f) {
-                n += 1;
-            }
-        }
-        self.staged = staged;
         n
     }
 
