@@ -1292,7 +1292,7 @@ impl<C: Copy + Default> QueuePair<C> {
                     opcode: t.opcode,
                 });
                 n += 1;
-            } else if let Some(c) = self.finish_group(t, outcome, cqe.dw0) {
+            } else if let Some(c) = self.finish_group(t.group, outcome, cqe.dw0) {
                 f(c);
                 n += 1;
             }
@@ -1319,15 +1319,15 @@ impl<C: Copy + Default> QueuePair<C> {
                 opcode: t.opcode,
             });
         }
-        self.finish_group(t, outcome, dw0)
+        self.finish_group(t.group, outcome, dw0)
     }
 
     /// Folds a freed piece of a split transfer into its group; the group's completion once
     /// every piece is in.
     #[cold]
     #[inline(never)]
-    fn finish_group(&mut self, t: Tracker<C>, outcome: Outcome, dw0: u32) -> Option<Completion<C>> {
-        let g = &mut self.groups[t.group as usize];
+    fn finish_group(&mut self, group: u16, outcome: Outcome, dw0: u32) -> Option<Completion<C>> {
+        let g = &mut self.groups[group as usize];
         if !outcome.is_success() && g.outcome.is_none() {
             g.outcome = Some(outcome);
         }
@@ -1342,7 +1342,7 @@ impl<C: Copy + Default> QueuePair<C> {
             dw0: g.dw0,
             opcode: g.opcode,
         };
-        self.groups_free.push(t.group);
+        self.groups_free.push(group);
         Some(c)
     }
 
