@@ -582,13 +582,46 @@ impl Run for Turns<'_> {
 }
 
 /// A replacement queue pair waiting to be taken, with the path it was made on.
-type Spare = (Arc<PathInfo>, Box<QueuePair<Cmd>>);
+type Spare = (Arc<PathInfo>, Box<PathQueue>);
+
+/// A path's queue pair, with the namespace as that path's controller reports it (nsid, block
+/// size): boxed together, since the namespace changes only with the queue pair, so the common
+/// case finds both behind one pointer.
+struct PathQueue {
+    qp: QueuePair<Cmd>,
+    info: NsInfo,
+}
+
+impl PathQueue {
+    /// `qp`, made on `path`, for namespace `ns`.
+    fn new(ns: &MpNamespace, path: &PathInfo, qp: QueuePair<Cmd>) -> Box<PathQueue> {
+        let info = path
+            .ctrl
+            .namespace(ns.info.nsid)
+            .map_or(ns.info, |n| n.info);
+        Box::new(PathQueue { qp, info })
+    }
+}
+
+impl std::ops::Deref for PathQueue {
+    type Target = QueuePair<Cmd>;
+    fn deref(&self) -> &QueuePair<Cmd> {
+        &self.qp
+    }
+}
+
+impl std::ops::DerefMut for PathQueue {
+    fn deref_mut(&mut self) -> &mut QueuePair<Cmd> {
+        &mut self.qp
+    }
+}
 
 /// A per-core handle on a multipath namespace. `Send`, not `Sync`.
 pub struct Channel {
     ns: Arc<MpNamespace>,
-    /// One queue pair per path (boxed: a replacement is moved in from `spare` as a pointer).
-    qps: Vec<Option<Box<QueuePair<Cmd>>>>,
+    /// One queue pair per path, with its namespace (boxed: a replacement is moved in from
+    /// `spare` as a pointer).
+    qps: Vec<Option<Box<PathQueue>>>,
     /// Completions `poll` met that are not a registered-buffer success, with their path: left
     /// for [`Channel::dispose`] once every queue pair has delivered, so that the queue pairs
     /// are borrowed while they deliver (not taken out and put back). As many as there are slots,
@@ -664,11 +697,10 @@ const VARIES: usize = usize::MAX;
 /// [`Channel::sole`] when the path view or the policy changed since the tier was built.
 const STALE: usize = usize::MAX - 1;
 
-/// What the channel needs to know about one path's controller.
+/// What the channel needs to know about one path's controller (its namespace is in
+/// [`PathQueue`]).
 #[derive(Clone, Copy)]
 struct PathParams {
-    /// The namespace as this controller reports it (nsid, block size).
-    info: NsInfo,
     /// CRDT1..3 in ms.
     crdt: [u64; 3],
     /// Command Quiesce Time in ns (the configured default when the controller reports 0).
@@ -678,18 +710,14 @@ struct PathParams {
 }
 
 /// The parameters of `path` (the one a queue pair was made on, never a path that replaced it
-/// since) for namespace `ns`.
-fn path_params(ns: &MpNamespace, path: &PathInfo, opts: &ChannelOptions) -> PathParams {
+/// since).
+fn path_params(path: &PathInfo, opts: &ChannelOptions) -> PathParams {
     let id = path.ctrl.identify();
     let cqt = match id.cqt_ms() {
         0 => opts.default_cqt_ms,
         v => v,
     };
     PathParams {
-        info: path
-            .ctrl
-            .namespace(ns.info.nsid)
-            .map_or(ns.info, |n| n.info),
         crdt: [id.crdt_ms(1), id.crdt_ms(2), id.crdt_ms(3)],
         cqt_ns: cqt * 1_000_000,
         anatt_ns: id.anatt as u64 * 1_000_000_000,
@@ -733,10 +761,10 @@ impl Channel {
         let mut params = Vec::with_capacity(n);
         let mut last_err = None;
         for (i, path) in paths.iter().enumerate() {
-            params.push(path_params(ns, path, &opts));
+            params.push(path_params(path, &opts));
             match path.ctrl.io_queue_pair_with(opts.queue) {
                 Ok(qp) => {
-                    qps.push(Some(Box::new(qp)));
+                    qps.push(Some(PathQueue::new(ns, path, qp)));
                     origin.push(Some(path.clone()));
                 }
                 Err(e) => {
@@ -824,7 +852,8 @@ impl Channel {
         for (i, path, qp) in arrived {
             if let Some(spare) = self.spare.get_mut(i) {
                 // A newer replacement supersedes one not taken yet.
-                *spare = Some((path, Box::new(qp)));
+                let q = PathQueue::new(&self.ns, &path, qp);
+                *spare = Some((path, q));
                 self.replacing = true;
             }
         }
@@ -883,7 +912,7 @@ impl Channel {
                 continue;
             }
             let (path, qp) = self.spare[i].take().expect("checked above");
-            self.params[i] = path_params(&self.ns, &path, &self.opts);
+            self.params[i] = path_params(&path, &self.opts);
             self.qps[i] = Some(qp);
             self.origin[i] = Some(path);
             let s = self.view(i, &self.ns.path(i));
@@ -1052,10 +1081,10 @@ impl Channel {
         match cmd.kind() {
             kind @ (CmdKind::FixedRead | CmdKind::FixedWrite) => {
                 let buf = self.buf_of(cmd);
-                let qp = self.qps[p].as_mut().expect("picked path has a queue pair");
+                let q = self.qps[p].as_mut().expect("picked path has a queue pair");
                 issue_fixed_rw(
-                    qp,
-                    &self.params[p].info,
+                    &mut q.qp,
+                    &q.info,
                     &self.fixed_bufs[buf as usize],
                     kind == CmdKind::FixedWrite,
                     cmd.lba,
@@ -1072,8 +1101,8 @@ impl Channel {
     /// that owns its buffers.
     #[inline(never)]
     fn send_held(&mut self, p: usize, cmd: Cmd) -> Result<(), SubmitError> {
-        let qp = self.qps[p].as_mut().expect("picked path has a queue pair");
-        let info = &self.params[p].info;
+        let q = self.qps[p].as_mut().expect("picked path has a queue pair");
+        let (qp, info) = (&mut q.qp, &q.info);
         let slot = cmd.slot() as usize;
         match cmd.kind() {
             CmdKind::FixedPassthru => {
@@ -1232,11 +1261,11 @@ impl Channel {
                 if let Some(p) = self.pick_any() {
                     // The buffer is looked up once, here, after the pick (which may rebuild
                     // the channel's view, so a length checked before it would be checked again).
-                    if let (Some(Some(qp)), Some(b)) =
+                    if let (Some(Some(q)), Some(b)) =
                         (self.qps.get_mut(p), self.fixed_bufs.get(buf as usize))
                     {
                         let write = matches!(kind, IoKind::Write { .. });
-                        let info = &self.params[p].info;
+                        let PathQueue { qp, info } = &mut **q;
                         let meta = Cmd::fixed_rw_meta(write, blocks, buf);
                         return match issue_fixed_rw(qp, info, b, write, lba, blocks, tag, meta) {
                             Ok(()) => {
@@ -1269,11 +1298,11 @@ impl Channel {
     pub fn submitter(&mut self) -> Option<Submitter<'_>> {
         let p = self.current_sole();
         let room = self.entries.len().saturating_sub(self.outstanding);
-        let qp = self.qps.get_mut(p)?.as_deref_mut()?;
+        let PathQueue { qp, info } = self.qps.get_mut(p)?.as_deref_mut()?;
         qp.limit_new(room);
         Some(Submitter {
             qp,
-            info: &self.params[p].info,
+            info,
             bufs: &self.fixed_bufs,
             outstanding: &mut self.outstanding,
         })
@@ -1308,9 +1337,9 @@ impl Channel {
         // The tier is ascending: its paths' queue pairs in one pass.
         let mut paths: [TurnPath<'_>; TURN_PATHS] = Default::default();
         let mut n = 0;
-        for (i, (q, pp)) in self.qps.iter_mut().zip(&self.params).enumerate() {
+        for (i, q) in self.qps.iter_mut().enumerate() {
             if self.tier.get(n) == Some(&i) {
-                paths[n] = q.as_deref_mut().map(|q| (q, &pp.info));
+                paths[n] = q.as_deref_mut().map(|q| (&mut q.qp, &q.info));
                 n += 1;
             }
         }
