@@ -133,99 +133,67 @@ pub struct Completion<C = u64> {
 }
 
 /// Why a submission was refused. Nothing was queued when one of these is returned.
-///
-/// Two words: the details of a refusal are boxed (a refusal is rare), so that the `Result` of
-/// every submission comes back in registers.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
     /// No free command slot or SQ entry: poll, then try again.
     #[error("queue full")]
     QueueFull,
     /// The controller is not live (resetting, failed, shut down).
-    #[error(transparent)]
-    NotReady(Box<NotReadyError>),
+    #[error("{ctrl} qid {qid}: controller is {state}")]
+    NotReady {
+        /// Controller.
+        ctrl: Arc<str>,
+        /// Queue.
+        qid: u16,
+        /// Its state.
+        state: CtrlState,
+    },
     /// The function is gone.
-    #[error(transparent)]
-    DeviceGone(Box<DeviceGoneError>),
+    #[error("{ctrl} qid {qid}: controller removed")]
+    DeviceGone {
+        /// Controller.
+        ctrl: Arc<str>,
+        /// Queue.
+        qid: u16,
+    },
     /// A passthrough transfer above the controller's maximum (MDTS).
-    #[error(transparent)]
-    TooLarge(Box<TooLargeError>),
+    #[error("{ctrl} qid {qid} opcode {opcode:#04x}: transfer of {len} bytes exceeds MDTS ({mdts} bytes)")]
+    TooLarge {
+        /// Controller.
+        ctrl: Arc<str>,
+        /// Queue.
+        qid: u16,
+        /// Opcode.
+        opcode: u8,
+        /// Requested bytes.
+        len: usize,
+        /// The limit.
+        mdts: u64,
+    },
     /// The buffer range is unusable: outside the buffer, not dword-aligned, not a multiple of the
     /// block size, or not mapped into this controller's DMA domain.
-    #[error(transparent)]
-    BadBuffer(Box<BadBufferError>),
+    #[error("{ctrl} qid {qid} opcode {opcode:#04x}: bad buffer: {why}")]
+    BadBuffer {
+        /// Controller.
+        ctrl: Arc<str>,
+        /// Queue.
+        qid: u16,
+        /// Opcode.
+        opcode: u8,
+        /// What is wrong.
+        why: &'static str,
+    },
     /// No DMA memory for PRP list pages.
-    #[error(transparent)]
-    NoPrpMemory(Box<NoPrpMemoryError>),
-}
-
-const _: () = assert!(std::mem::size_of::<Result<(), SubmitError>>() == 16);
-
-/// [`SubmitError::NotReady`]: the controller is not live.
-#[derive(Debug, thiserror::Error)]
-#[error("{ctrl} qid {qid}: controller is {state}")]
-pub struct NotReadyError {
-    /// Controller.
-    pub ctrl: Arc<str>,
-    /// Queue.
-    pub qid: u16,
-    /// Its state.
-    pub state: CtrlState,
-}
-
-/// [`SubmitError::DeviceGone`]: the function is gone.
-#[derive(Debug, thiserror::Error)]
-#[error("{ctrl} qid {qid}: controller removed")]
-pub struct DeviceGoneError {
-    /// Controller.
-    pub ctrl: Arc<str>,
-    /// Queue.
-    pub qid: u16,
-}
-
-/// [`SubmitError::TooLarge`]: a transfer above the controller's maximum (MDTS).
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "{ctrl} qid {qid} opcode {opcode:#04x}: transfer of {len} bytes exceeds MDTS ({mdts} bytes)"
-)]
-pub struct TooLargeError {
-    /// Controller.
-    pub ctrl: Arc<str>,
-    /// Queue.
-    pub qid: u16,
-    /// Opcode.
-    pub opcode: u8,
-    /// Requested bytes.
-    pub len: usize,
-    /// The limit.
-    pub mdts: u64,
-}
-
-/// [`SubmitError::BadBuffer`]: the buffer range is unusable.
-#[derive(Debug, thiserror::Error)]
-#[error("{ctrl} qid {qid} opcode {opcode:#04x}: bad buffer: {why}")]
-pub struct BadBufferError {
-    /// Controller.
-    pub ctrl: Arc<str>,
-    /// Queue.
-    pub qid: u16,
-    /// Opcode.
-    pub opcode: u8,
-    /// What is wrong.
-    pub why: &'static str,
-}
-
-/// [`SubmitError::NoPrpMemory`]: no DMA memory for PRP list pages.
-#[derive(Debug, thiserror::Error)]
-#[error("{ctrl} qid {qid}: no memory for PRP lists")]
-pub struct NoPrpMemoryError {
-    /// Controller.
-    pub ctrl: Arc<str>,
-    /// Queue.
-    pub qid: u16,
-    /// The cause.
-    #[source]
-    pub source: vfnvme_hugepages::Error,
+    #[error("{ctrl} qid {qid}: no memory for PRP lists")]
+    NoPrpMemory {
+        /// Controller.
+        ctrl: Arc<str>,
+        /// Queue.
+        qid: u16,
+        /// The cause.
+        #[source]
+        source: vfnvme_hugepages::Error,
+    },
 }
 
 /// A device error found while polling. The bad entry was consumed; the queue keeps working.
@@ -669,20 +637,20 @@ impl<C: Copy + Default> QueuePair<C> {
                 Ok(())
             }
             // Live, but the control plane has not re-created this queue after a reset yet.
-            CtrlState::Live => Err(SubmitError::NotReady(Box::new(NotReadyError {
+            CtrlState::Live => Err(SubmitError::NotReady {
                 ctrl: self.shared.name.clone(),
                 qid: self.qid(),
                 state: CtrlState::Resetting,
-            }))),
-            CtrlState::Removed => Err(SubmitError::DeviceGone(Box::new(DeviceGoneError {
+            }),
+            CtrlState::Removed => Err(SubmitError::DeviceGone {
                 ctrl: self.shared.name.clone(),
                 qid: self.qid(),
-            }))),
-            state => Err(SubmitError::NotReady(Box::new(NotReadyError {
+            }),
+            state => Err(SubmitError::NotReady {
                 ctrl: self.shared.name.clone(),
                 qid: self.qid(),
                 state,
-            }))),
+            }),
         }
     }
 
@@ -712,12 +680,12 @@ impl<C: Copy + Default> QueuePair<C> {
     /// A [`SubmitError::BadBuffer`] for `opcode` on this queue.
     #[cold]
     fn bad_buffer(&self, opcode: u8, why: &'static str) -> SubmitError {
-        SubmitError::BadBuffer(Box::new(BadBufferError {
+        SubmitError::BadBuffer {
             ctrl: self.shared.name.clone(),
             qid: self.qid(),
             opcode,
             why,
-        }))
+        }
     }
 
     /// Checks a data range and returns its IOVA.
@@ -744,13 +712,14 @@ impl<C: Copy + Default> QueuePair<C> {
             let idx = match self.prp_free.pop() {
                 Some(i) => i,
                 None => {
-                    let page = self.pool.alloc(4096, 4096).map_err(|source| {
-                        SubmitError::NoPrpMemory(Box::new(NoPrpMemoryError {
-                            ctrl: self.shared.name.clone(),
-                            qid: self.qid(),
-                            source,
-                        }))
-                    });
+                    let page =
+                        self.pool
+                            .alloc(4096, 4096)
+                            .map_err(|source| SubmitError::NoPrpMemory {
+                                ctrl: self.shared.name.clone(),
+                                qid: self.qid(),
+                                source,
+                            });
                     let page = match page {
                         Ok(p) => p,
                         Err(e) => {
@@ -938,13 +907,13 @@ impl<C: Copy + Default> QueuePair<C> {
         }
         if let Some(d) = &data {
             if d.len as u64 > self.mdts_bytes {
-                return Err(SubmitError::TooLarge(Box::new(TooLargeError {
+                return Err(SubmitError::TooLarge {
                     ctrl: self.shared.name.clone(),
                     qid: self.qid(),
                     opcode: cmd.opcode,
                     len: d.len,
                     mdts: self.mdts_bytes,
-                })));
+                });
             }
         }
         self.queue(
@@ -1117,13 +1086,13 @@ impl<C: Copy + Default> QueuePair<C> {
         let len = (blocks as u64) << ns.lba_shift;
         if max_blocks == 0 {
             // One block is larger than the controller takes in one command.
-            return Err(SubmitError::TooLarge(Box::new(TooLargeError {
+            return Err(SubmitError::TooLarge {
                 ctrl: self.shared.name.clone(),
                 qid: self.qid(),
                 opcode,
                 len: len as usize,
                 mdts: self.mdts_bytes,
-            })));
+            });
         }
         // Split: every piece must fit now, or nothing is queued.
         let pieces = (blocks as u64).div_ceil(max_blocks) as usize;
