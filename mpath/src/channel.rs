@@ -590,16 +590,23 @@ type Spare = (Arc<PathInfo>, Box<PathQueue>);
 struct PathQueue {
     qp: QueuePair<Cmd>,
     info: NsInfo,
+    /// The path's index in the channel: read where the poll stages a completion, beside the
+    /// queue pair it already holds, instead of a loop counter kept across the poll.
+    path: usize,
 }
 
 impl PathQueue {
-    /// `qp`, made on `path`, for namespace `ns`.
-    fn new(ns: &MpNamespace, path: &PathInfo, qp: QueuePair<Cmd>) -> Box<PathQueue> {
+    /// `qp`, made on `path` (path `index` of namespace `ns`).
+    fn new(ns: &MpNamespace, path: &PathInfo, index: usize, qp: QueuePair<Cmd>) -> Box<PathQueue> {
         let info = path
             .ctrl
             .namespace(ns.info.nsid)
             .map_or(ns.info, |n| n.info);
-        Box::new(PathQueue { qp, info })
+        Box::new(PathQueue {
+            qp,
+            info,
+            path: index,
+        })
     }
 }
 
@@ -764,7 +771,7 @@ impl Channel {
             params.push(path_params(path, &opts));
             match path.ctrl.io_queue_pair_with(opts.queue) {
                 Ok(qp) => {
-                    qps.push(Some(PathQueue::new(ns, path, qp)));
+                    qps.push(Some(PathQueue::new(ns, path, i, qp)));
                     origin.push(Some(path.clone()));
                 }
                 Err(e) => {
@@ -852,7 +859,7 @@ impl Channel {
         for (i, path, qp) in arrived {
             if let Some(spare) = self.spare.get_mut(i) {
                 // A newer replacement supersedes one not taken yet.
-                let q = PathQueue::new(&self.ns, &path, qp);
+                let q = PathQueue::new(&self.ns, &path, i, qp);
                 *spare = Some((path, q));
                 self.replacing = true;
             }
@@ -1265,7 +1272,7 @@ impl Channel {
                         (self.qps.get_mut(p), self.fixed_bufs.get(buf as usize))
                     {
                         let write = matches!(kind, IoKind::Write { .. });
-                        let PathQueue { qp, info } = &mut **q;
+                        let PathQueue { qp, info, .. } = &mut **q;
                         let meta = Cmd::fixed_rw_meta(write, blocks, buf);
                         return match issue_fixed_rw(qp, info, b, write, lba, blocks, tag, meta) {
                             Ok(()) => {
@@ -1298,7 +1305,7 @@ impl Channel {
     pub fn submitter(&mut self) -> Option<Submitter<'_>> {
         let p = self.current_sole();
         let room = self.entries.len().saturating_sub(self.outstanding);
-        let PathQueue { qp, info } = self.qps.get_mut(p)?.as_deref_mut()?;
+        let PathQueue { qp, info, .. } = self.qps.get_mut(p)?.as_deref_mut()?;
         qp.limit_new(room);
         Some(Submitter {
             qp,
@@ -1472,13 +1479,14 @@ impl Channel {
         // Successes counted once per poll, not once each.
         let mut ok = 0;
         let staged = &mut self.staged;
-        for (p, q) in self.qps.iter_mut().enumerate() {
+        for q in self.qps.iter_mut() {
             // An idle queue pair has nothing to deliver (a path active-passive does not use).
             let Some(q) = q.as_deref_mut().filter(|q| !q.is_idle()) else {
                 continue;
             };
+            let PathQueue { qp, path, .. } = q;
             loop {
-                let r = q.poll(max, |c| {
+                let r = qp.poll(max, |c| {
                     // Taken apart, and passed to the slow path in pieces: a completion passed
                     // whole to a call lives in memory on every path (10 instructions per I/O).
                     let Completion {
@@ -1507,7 +1515,7 @@ impl Channel {
                         return;
                     }
                     let Cmd { tag, lba, meta } = cmd;
-                    stage(staged, p, tag, lba, meta, outcome, dw0);
+                    stage(staged, *path, tag, lba, meta, outcome, dw0);
                 });
                 match r {
                     Ok(_) => break,
