@@ -1236,6 +1236,31 @@ fn collect(
 }
 
 #[test]
+fn a_path_error_on_the_second_path_fails_over_to_the_first() {
+    // Arrange: round-robin over both paths; path 1 (not path 0, so that a failure blamed on the
+    // wrong path shows) answers every I/O with a path error for as long as the test runs.
+    let w = world(1);
+    let _cp = MpathControl::new(std::slice::from_ref(&w.ns), ReconnectOptions::default()).spawn();
+    let mut ch = Channel::new(&w.ns, chan_opts()).unwrap();
+    register(&w, &mut ch, 8);
+    w.sim.controller(1).faults().fail_matching(
+        FaultMatch::io(),
+        Status::new(sct::PATH, path::INTERNAL_PATH_ERROR),
+        None,
+    );
+    for round in 0..4 {
+        // Act: eight registered reads, half of them first sent to path 1.
+        submit_reads(&mut ch, 8);
+        let done = collect(&mut ch, 8, 16, Duration::from_secs(10), || {});
+        // Assert: each completes once, successfully: resent on path 0, the path that did not
+        // fail (resent on path 1 again, a read would fail there for ever).
+        let want: Vec<_> = (0..8).map(|t| (t, Ok(0))).collect();
+        assert_eq!(done, want, "round {round}");
+    }
+    assert!(ch.stats().failovers >= 4, "{:?}", ch.stats());
+}
+
+#[test]
 fn a_deferred_replacement_parks_the_old_queue_pairs_failed_commands_when_no_other_path_is_left() {
     use vfnvme_mpath::PathStatus::Gone;
     // Arrange: path 1 is gone before the channel exists; active-passive on path 0, sixteen
