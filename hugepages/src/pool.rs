@@ -345,6 +345,26 @@ impl DmaBuf {
         unsafe { self.region.write_in_range(self.offset + offset, src) }
     }
 
+    /// Stores `words` at an 8-aligned `offset` as relaxed 64-bit stores (little-endian, the
+    /// only byte order vfnvme builds for), one range check for all of them: an entry built in
+    /// registers (an NVMe submission queue entry) goes to DMA memory from them, not through a
+    /// copy of its bytes.
+    ///
+    /// # Panics
+    /// If the range is outside the buffer or `offset` is not 8-aligned in the region.
+    #[inline(always)]
+    pub fn store_words<const N: usize>(&self, offset: usize, words: &[u64; N]) {
+        self.check(offset, 8 * N);
+        let at = self.offset + offset;
+        if !at.is_multiple_of(8) {
+            crate::region::misaligned(at);
+        }
+        // SAFETY: the range is inside the buffer (checked just above), the buffer inside its
+        // region (the invariant of every `DmaBuf`, see `DmaBuf::in_region`), and `at` 8-aligned
+        // (checked just above).
+        unsafe { self.region.store_words_in_range(at, words) }
+    }
+
     /// Fills `len` bytes at `offset` with `byte`.
     ///
     /// # Panics
@@ -565,6 +585,33 @@ mod tests {
         let skew =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| b.load_entry16(2, |_| true)));
         assert!(skew.is_err(), "a misaligned entry panics");
+    }
+
+    #[test]
+    fn words_are_stored_little_endian_inside_the_buffer_only() {
+        // Arrange: a 4 KiB buffer, filled with a marker.
+        let pool = DmaPool::new(PagePolicy::Small);
+        let b = pool.alloc(4096, 4096).unwrap();
+        b.fill(0, 4096, 0xee);
+        // Act: two words in the buffer's last 16 bytes.
+        b.store_words(4096 - 16, &[0x0706_0504_0302_0100, 0x0f0e_0d0c_0b0a_0908]);
+        // Assert: the bytes in memory order, and nothing before them touched.
+        let mut tail = [0u8; 24];
+        b.read(4096 - 24, &mut tail);
+        assert_eq!(tail[..8], [0xee; 8]);
+        assert_eq!(tail[8..], (0..16).collect::<Vec<u8>>()[..]);
+        // One word past the end, or a misaligned start, panics and stores nothing.
+        let past = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            b.store_words(4096 - 8, &[1, 2])
+        }));
+        assert!(past.is_err(), "words past the buffer panic");
+        let skew =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| b.store_words(4, &[1])));
+        assert!(skew.is_err(), "a misaligned word panics");
+        let mut head = [0u8; 16];
+        b.read(0, &mut head);
+        assert_eq!(head, [0xee; 16], "a refused store wrote nothing");
+        assert_eq!(b.load_u64(4096 - 8), 0x0f0e_0d0c_0b0a_0908);
     }
 
     /// A mapper that places each region at VA + a salt, like an IOMMU with its own IOVA space.

@@ -384,6 +384,29 @@ impl DmaRegion {
         }
     }
 
+    /// Stores `words` at `offset`, in order, as relaxed 64-bit stores, for a caller that has
+    /// checked the range (a [`crate::DmaBuf`]).
+    ///
+    /// # Safety
+    /// `offset..offset + 8 * N` must be inside the region, and `offset` 8-aligned.
+    #[inline(always)]
+    pub(crate) unsafe fn store_words_in_range<const N: usize>(
+        &self,
+        offset: usize,
+        words: &[u64; N],
+    ) {
+        debug_assert!(offset.is_multiple_of(8));
+        debug_assert!(offset
+            .checked_add(8 * N)
+            .is_some_and(|end| end <= self.0.len));
+        let base = self.0.va.wrapping_add(offset) as *const AtomicU64;
+        for (k, &w) in words.iter().enumerate() {
+            // SAFETY: word `k` of the range the caller checked, 8-aligned (the caller's offset
+            // is, and the mapping is page-aligned).
+            unsafe { &*base.add(k) }.store(w, Ordering::Relaxed);
+        }
+    }
+
     /// [`DmaRegion::write`] of a range with an unaligned start or length (checked by the caller),
     /// as [`DmaRegion::read_unaligned`].
     #[inline(never)]

@@ -771,19 +771,25 @@ impl<C: Copy + Default> QueuePair<C> {
             };
             return Ok(NONE);
         }
-        self.fill_prp_list(sqe, iova, len, pages)
+        // Out of line without the entry: an entry whose address escaped would live in memory
+        // on every path (built on the stack, then copied into the SQ).
+        let (prp1, prp2, head) = self.fill_prp_list(sqe.opcode(), iova, len, pages)?;
+        sqe.prp1 = prp1;
+        sqe.prp2 = prp2;
+        Ok(head)
     }
 
     /// [`Self::fill_prps`] for transfers over more than two pages: builds a PRP list chain.
+    /// Returns PRP1, PRP2 and the chain's first list page.
     #[cold]
     #[inline(never)]
     fn fill_prp_list(
         &mut self,
-        sqe: &mut Sqe,
+        opcode: u8,
         iova: u64,
         len: u64,
         pages: u64,
-    ) -> Result<u16, SubmitError> {
+    ) -> Result<(u64, u64, u16), SubmitError> {
         let nlists = prp::list_pages_needed(pages);
         let head = self.take_prp_lists(nlists)?;
         // The list pages in chain order. Up to 16 of them (transfers to ~32 MiB) sit on the
@@ -817,15 +823,11 @@ impl<C: Copy + Default> QueuePair<C> {
             pages_ref[chain[k] as usize].store_u64(slot * 8, e)
         });
         match r {
-            Ok((p1, p2)) if p2 != 0 => {
-                sqe.prp1 = p1;
-                sqe.prp2 = p2;
-                Ok(head)
-            }
+            Ok((p1, p2)) if p2 != 0 => Ok((p1, p2, head)),
             _ => {
                 self.release_prps(head);
                 Err(self.bad_buffer(
-                    sqe.opcode(),
+                    opcode,
                     "PRP list page not mapped into this controller's DMA domain",
                 ))
             }

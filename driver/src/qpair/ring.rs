@@ -9,7 +9,6 @@ use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
 use vfnvme_hugepages::DmaBuf;
-use zerocopy::IntoBytes;
 
 use crate::pci::PciFunction;
 use crate::spec::{Cqe, Sqe};
@@ -187,7 +186,7 @@ impl Rings {
     pub fn push_with_room(&mut self, sqe: &Sqe) {
         debug_assert!(self.sq_free() > 0, "push on a full SQ");
         self.sq
-            .write(self.sq_tail as usize * SQE_SIZE, sqe.as_bytes());
+            .store_words(self.sq_tail as usize * SQE_SIZE, &sqe.to_words());
         self.sq_tail += 1;
         if self.sq_tail == self.size {
             self.sq_tail = 0;

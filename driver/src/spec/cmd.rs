@@ -54,6 +54,23 @@ const _: () = assert!(offset_of!(Sqe, cdw10) == 40);
 const _: () = assert!(offset_of!(Sqe, cdw15) == 60);
 
 impl Sqe {
+    /// The entry as the eight little-endian 64-bit words of its memory image, built from its
+    /// fields, so that an entry the compiler keeps in registers is stored from them.
+    #[inline(always)]
+    pub fn to_words(&self) -> [u64; 8] {
+        let pair = |lo: u32, hi: u32| lo as u64 | (hi as u64) << 32;
+        [
+            pair(self.cdw0, self.nsid),
+            pair(self.cdw2, self.cdw3),
+            self.mptr,
+            self.prp1,
+            self.prp2,
+            pair(self.cdw10, self.cdw11),
+            pair(self.cdw12, self.cdw13),
+            pair(self.cdw14, self.cdw15),
+        ]
+    }
+
     /// An entry with only the opcode set.
     pub const fn with_opcode(opcode: u8) -> Self {
         Sqe {
@@ -491,6 +508,33 @@ const _: () = assert!(offset_of!(DsmRange, slba) == 8);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_entry_as_words_is_its_memory_image() {
+        // Every byte distinct, so that a swapped or shifted field shows.
+        let sqe = Sqe {
+            cdw0: 0x0302_0100,
+            nsid: 0x0706_0504,
+            cdw2: 0x0b0a_0908,
+            cdw3: 0x0f0e_0d0c,
+            mptr: 0x1716_1514_1312_1110,
+            prp1: 0x1f1e_1d1c_1b1a_1918,
+            prp2: 0x2726_2524_2322_2120,
+            cdw10: 0x2b2a_2928,
+            cdw11: 0x2f2e_2d2c,
+            cdw12: 0x3332_3130,
+            cdw13: 0x3736_3534,
+            cdw14: 0x3b3a_3938,
+            cdw15: 0x3f3e_3d3c,
+        };
+        let image: Vec<u8> = sqe
+            .to_words()
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
+        assert_eq!(image, sqe.as_bytes());
+        assert_eq!(image, (0..64).collect::<Vec<u8>>());
+    }
     use crate::spec::status::{generic, sct};
 
     fn dword(sqe: &Sqe, n: usize) -> u32 {
