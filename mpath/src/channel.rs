@@ -525,9 +525,10 @@ fn take_fixed_rw(
 const TURN_PATHS: usize = 4;
 const _: () = assert!(TURN_PATHS.is_power_of_two());
 
-/// A path's queue pair as a [`Turns`] run holds it, with its namespace; `None` for a path in the
-/// tier without one (its turn refuses the command, as `submit_fixed` would send it elsewhere).
-type TurnPath<'a> = Option<(&'a mut QueuePair<Cmd>, &'a NsInfo)>;
+/// A path's queue pair (with its namespace) as a [`Turns`] run holds it, one word; `None` for a
+/// path in the tier without one (its turn refuses the command, as `submit_fixed` would send it
+/// elsewhere).
+type TurnPath<'a> = Option<&'a mut PathQueue>;
 
 /// A run of registered-buffer reads and writes that takes round-robin's turns over the usable
 /// paths, from [`Channel::turns`]: the round-robin counterpart of [`Submitter`], for a channel
@@ -574,7 +575,9 @@ impl Run for Turns<'_> {
         };
         // The cursor's index is below the tier's length, at most TURN_PATHS (a power of two):
         // the mask costs nothing and spares a bounds check.
-        let Some((qp, info)) = &mut self.paths[self.turns.take_turn() & (TURN_PATHS - 1)] else {
+        let Some(PathQueue { qp, info, .. }) =
+            self.paths[self.turns.take_turn() & (TURN_PATHS - 1)].as_deref_mut()
+        else {
             return Err(NotTaken);
         };
         take_fixed_rw(qp, info, b, self.outstanding, write, lba, blocks, buf, tag)
@@ -1346,7 +1349,7 @@ impl Channel {
         let mut n = 0;
         for (i, q) in self.qps.iter_mut().enumerate() {
             if self.tier.get(n) == Some(&i) {
-                paths[n] = q.as_deref_mut().map(|q| (&mut q.qp, &q.info));
+                paths[n] = q.as_deref_mut();
                 n += 1;
             }
         }
