@@ -51,8 +51,9 @@ impl std::str::FromStr for Policy {
 }
 
 /// Round-robin's turns taken by index into a tier of usable paths, away from the [`Selector`]
-/// ([`Selector::begin_turns`]): what a run over several paths keeps in registers, one compare
-/// per command.
+/// ([`Selector::begin_turns`]): what a run over several paths keeps for itself, one compare
+/// per command. (The caller drives the run's loop, so the cursor lives in the run, in memory:
+/// loaded and stored on every command, about 10 instructions.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TurnCursor {
     /// Index of the turn's path in the tier.

@@ -508,6 +508,7 @@ const _: () = assert!(offset_of!(DsmRange, slba) == 8);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::status::{generic, sct};
 
     #[test]
     fn an_entry_as_words_is_its_memory_image() {
@@ -535,7 +536,6 @@ mod tests {
         assert_eq!(image, sqe.as_bytes());
         assert_eq!(image, (0..64).collect::<Vec<u8>>());
     }
-    use crate::spec::status::{generic, sct};
 
     fn dword(sqe: &Sqe, n: usize) -> u32 {
         let b = sqe.as_bytes();
