@@ -203,61 +203,69 @@ impl CmdKind {
 /// common path only this record. Anything larger, and the retry and failover state of a command
 /// that has failed once, lives in a slot, taken when first needed.
 ///
-/// Whole words, not a struct of mixed fields: it is built in registers and copied into the
-/// queue pair's table, and a copy of mixed fields was stored field by field and then loaded in
-/// 16-byte pieces, a store-forwarding stall on every submission. Three words, not four: every
-/// word is a store at submission and a load at completion (a fourth cost about 5 instructions
-/// per I/O and 8 bytes of each queue pair's record).
+/// Written field by field straight into the queue pair's record ([`issue_fixed_rw`]), never
+/// built on the stack and copied (a copy of mixed fields was stored field by field and then
+/// loaded in 16-byte pieces, a store-forwarding stall). The block count and the index word are
+/// two 32-bit stores of values the caller already holds: packing them into one word cost about
+/// 4 instructions per I/O. Three words, not four: every word is a store at submission and a
+/// load at completion (a fourth cost about 5 instructions per I/O and 8 bytes of each queue
+/// pair's record).
 #[derive(Clone, Copy, Default, Debug)]
 pub(crate) struct Cmd {
     /// Caller's tag.
     tag: u64,
     /// First block (registered reads and writes).
     lba: u64,
-    /// Blocks (registered reads and writes), bits 0..32; an index, bits 32..60: the registered
-    /// buffer, or the slot once the command has one ([`Cmd::SLOTTED`]; the buffer index is then
-    /// in the slot's [`Entry`]); the [`CmdKind`], bits 60..62; idempotent (safe to resend at
-    /// once after a path failure: reads, and passthrough marked so), bit 62; has a slot, bit 63.
-    meta: u64,
+    /// Blocks (registered reads and writes).
+    blocks: u32,
+    /// An index, bits 0..28: the registered buffer, or the slot once the command has one
+    /// ([`Cmd::SLOTTED`]; the buffer index is then in the slot's [`Entry`]); the [`CmdKind`],
+    /// bits 28..30; idempotent, bit 30 (a passthrough command marked so, or an owned read; a
+    /// registered read is idempotent by its kind, so a registered read or write sets no flag and
+    /// its word is the buffer index and the kind alone); has a slot, bit 31.
+    word: u32,
 }
 
 const _: () = assert!(std::mem::size_of::<Cmd>() == 24);
 const _: () = assert!(std::mem::size_of::<Result<(), RefuseReason>>() == 16);
 
 impl Cmd {
-    const INDEX_SHIFT: u32 = 32;
-    const INDEX_MASK: u64 = (Cmd::MAX_INDEX as u64) << Cmd::INDEX_SHIFT;
-    const KIND_SHIFT: u32 = 60;
-    const IDEMPOTENT: u64 = 1 << 62;
-    const SLOTTED: u64 = 1 << 63;
+    const KIND_SHIFT: u32 = 28;
+    const IDEMPOTENT: u32 = 1 << 30;
+    const SLOTTED: u32 = 1 << 31;
     /// The largest registered-buffer index or slot a command can name (28 bits).
     const MAX_INDEX: u32 = (1 << 28) - 1;
 
-    /// `meta` of a command of `kind` on `blocks` blocks of registered buffer `buf`, with no slot.
+    /// The index word of a command of `kind` on registered buffer (or slot) `index`, with no
+    /// slot. `idempotent` is kept only where the kind does not say it.
     #[inline(always)]
-    fn pack(kind: CmdKind, idempotent: bool, blocks: u32, buf: u32) -> u64 {
-        debug_assert!(buf <= Cmd::MAX_INDEX);
-        blocks as u64
-            | (buf as u64) << Cmd::INDEX_SHIFT
-            | (kind as u64) << Cmd::KIND_SHIFT
-            | if idempotent { Cmd::IDEMPOTENT } else { 0 }
+    fn pack(kind: CmdKind, idempotent: bool, index: u32) -> u32 {
+        debug_assert!(index <= Cmd::MAX_INDEX);
+        let flag = match kind {
+            CmdKind::FixedRead | CmdKind::FixedWrite => 0,
+            CmdKind::FixedPassthru | CmdKind::Owned if idempotent => Cmd::IDEMPOTENT,
+            CmdKind::FixedPassthru | CmdKind::Owned => 0,
+        };
+        index | (kind as u32) << Cmd::KIND_SHIFT | flag
     }
 
-    /// A command of `kind` with no slot yet.
+    /// A command of `kind` with no slot yet (`idempotent` ignored for registered reads and
+    /// writes: a read is, a write is not).
     #[inline(always)]
     fn new(kind: CmdKind, idempotent: bool, tag: u64, lba: u64, blocks: u32, buf: u32) -> Cmd {
         Cmd {
             tag,
             lba,
-            meta: Cmd::pack(kind, idempotent, blocks, buf),
+            blocks,
+            word: Cmd::pack(kind, idempotent, buf),
         }
     }
 
-    /// `meta` of a read or write on registered buffer `buf`, with no slot yet (as
+    /// The index word of a read or write on registered buffer `buf`, with no slot yet (as
     /// [`Cmd::fixed_rw`], for a command written in place: see [`issue_fixed_rw`]).
     #[inline(always)]
-    fn fixed_rw_meta(write: bool, blocks: u32, buf: u32) -> u64 {
-        Cmd::pack(CmdKind::fixed_rw(write), !write, blocks, buf)
+    fn fixed_rw_word(write: bool, buf: u32) -> u32 {
+        Cmd::pack(CmdKind::fixed_rw(write), !write, buf)
     }
 
     /// A read or write on registered buffer `buf`, with no slot yet.
@@ -268,19 +276,19 @@ impl Cmd {
     /// Blocks (registered reads and writes).
     #[inline(always)]
     fn blocks(&self) -> u32 {
-        self.meta as u32
+        self.blocks
     }
 
     /// The index: the registered buffer, or the slot once it has one.
     #[inline(always)]
     fn index(&self) -> u32 {
-        ((self.meta & Cmd::INDEX_MASK) >> Cmd::INDEX_SHIFT) as u32
+        self.word & Cmd::MAX_INDEX
     }
 
     /// The command has a slot.
     #[inline(always)]
     fn has_slot(&self) -> bool {
-        self.meta & Cmd::SLOTTED != 0
+        self.word & Cmd::SLOTTED != 0
     }
 
     /// The slot that holds the rest of the command, or [`NO_SLOT`].
@@ -299,14 +307,14 @@ impl Cmd {
     fn with_slot(self, slot: u32) -> Cmd {
         debug_assert!(slot <= Cmd::MAX_INDEX);
         Cmd {
-            meta: (self.meta & !Cmd::INDEX_MASK) | (slot as u64) << Cmd::INDEX_SHIFT | Cmd::SLOTTED,
+            word: (self.word & !Cmd::MAX_INDEX) | slot | Cmd::SLOTTED,
             ..self
         }
     }
 
     #[inline(always)]
     fn kind(&self) -> CmdKind {
-        match (self.meta >> Cmd::KIND_SHIFT) & 3 {
+        match (self.word >> Cmd::KIND_SHIFT) & 3 {
             0 => CmdKind::FixedRead,
             1 => CmdKind::FixedWrite,
             2 => CmdKind::FixedPassthru,
@@ -314,10 +322,10 @@ impl Cmd {
         }
     }
 
-    /// Safe to resend at once after a path failure.
+    /// Safe to resend at once after a path failure: a registered read, or a command marked so.
     #[inline(always)]
     fn idempotent(&self) -> bool {
-        self.meta & Cmd::IDEMPOTENT != 0
+        self.kind() == CmdKind::FixedRead || self.word & Cmd::IDEMPOTENT != 0
     }
 }
 
@@ -325,8 +333,8 @@ impl Cmd {
 const NO_SLOT: u32 = u32::MAX;
 
 /// Queues a read or write of the first `blocks` blocks of registered buffer `b` on `qp`, the
-/// command (`tag`, `lba`, `meta`: see [`Cmd`]) written straight into the queue pair's record of
-/// it, one whole word at a time.
+/// command (`tag`, `lba`, `blocks`, and its index `word`: see [`Cmd`]) written straight into the
+/// queue pair's record of it, field by field.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn issue_fixed_rw(
@@ -337,12 +345,13 @@ fn issue_fixed_rw(
     lba: u64,
     blocks: u32,
     tag: u64,
-    meta: u64,
+    word: u32,
 ) -> Result<(), SubmitError> {
     let init = |c: &mut Cmd| {
         c.tag = tag;
         c.lba = lba;
-        c.meta = meta;
+        c.blocks = blocks;
+        c.word = word;
     };
     if write {
         qp.write_with(info, lba, blocks, b, 0, init)
@@ -514,8 +523,8 @@ fn take_fixed_rw(
     buf: u32,
     tag: u64,
 ) -> Result<(), NotTaken> {
-    let meta = Cmd::fixed_rw_meta(write, blocks, buf);
-    issue_fixed_rw(qp, info, b, write, lba, blocks, tag, meta).map_err(|_| NotTaken)?;
+    let word = Cmd::fixed_rw_word(write, buf);
+    issue_fixed_rw(qp, info, b, write, lba, blocks, tag, word).map_err(|_| NotTaken)?;
     *outstanding += 1;
     Ok(())
 }
@@ -677,8 +686,9 @@ pub struct Channel {
     sole: usize,
 }
 
-/// Stages a completion for [`Channel::dispose`], passed in pieces (its context's three words) so
+/// Stages a completion for [`Channel::dispose`], passed in pieces (its context's fields) so
 /// that the common case of [`Channel::poll`] keeps it in registers.
+#[allow(clippy::too_many_arguments)]
 #[cold]
 #[inline(never)]
 fn stage(
@@ -686,12 +696,18 @@ fn stage(
     p: usize,
     tag: u64,
     lba: u64,
-    meta: u64,
+    blocks: u32,
+    word: u32,
     outcome: Outcome,
     dw0: u32,
 ) {
     let c = Completion {
-        tag: Cmd { tag, lba, meta },
+        tag: Cmd {
+            tag,
+            lba,
+            blocks,
+            word,
+        },
         outcome,
         dw0,
         opcode: 0,
@@ -1100,7 +1116,7 @@ impl Channel {
                     cmd.lba,
                     cmd.blocks(),
                     cmd.tag,
-                    cmd.meta,
+                    cmd.word,
                 )
             }
             _ => self.send_held(p, *cmd),
@@ -1276,8 +1292,8 @@ impl Channel {
                     {
                         let write = matches!(kind, IoKind::Write { .. });
                         let PathQueue { qp, info, .. } = &mut **q;
-                        let meta = Cmd::fixed_rw_meta(write, blocks, buf);
-                        return match issue_fixed_rw(qp, info, b, write, lba, blocks, tag, meta) {
+                        let word = Cmd::fixed_rw_word(write, buf);
+                        return match issue_fixed_rw(qp, info, b, write, lba, blocks, tag, word) {
                             Ok(()) => {
                                 self.outstanding += 1;
                                 Ok(())
@@ -1517,8 +1533,13 @@ impl Channel {
                         }
                         return;
                     }
-                    let Cmd { tag, lba, meta } = cmd;
-                    stage(staged, *path, tag, lba, meta, outcome, dw0);
+                    let Cmd {
+                        tag,
+                        lba,
+                        blocks,
+                        word,
+                    } = cmd;
+                    stage(staged, *path, tag, lba, blocks, word, outcome, dw0);
                 });
                 match r {
                     Ok(_) => break,
@@ -1792,6 +1813,31 @@ mod tests {
                 CmdKind::Owned,
                 false,
                 0,
+            ),
+            (
+                Cmd::new(CmdKind::Owned, true, 6, 0, 0, max),
+                CmdKind::Owned,
+                true,
+                max,
+            ),
+            (
+                Cmd::new(CmdKind::FixedPassthru, false, 5, 0, 0, 1),
+                CmdKind::FixedPassthru,
+                false,
+                1,
+            ),
+            // A registered read or write is idempotent by its kind, whatever it was built with.
+            (
+                Cmd::new(CmdKind::FixedWrite, true, 5, 9, 1, 4),
+                CmdKind::FixedWrite,
+                false,
+                4,
+            ),
+            (
+                Cmd::new(CmdKind::FixedRead, false, 5, 9, 1, 4),
+                CmdKind::FixedRead,
+                true,
+                4,
             ),
         ] {
             assert_eq!(cmd.kind(), kind);

@@ -299,8 +299,25 @@ fn fired(w: &World) -> u64 {
         .sum()
 }
 
+/// How [`writes_wait_out_cqt_and_reads_go_at_once`] submits its write and its read.
+#[derive(Clone, Copy, Debug)]
+enum Form {
+    /// Descriptors that own their buffers (`Channel::submit`).
+    Owned,
+    /// Reads and writes on registered buffers (`submit_fixed`, no slot until they fail).
+    Registered,
+    /// Raw NVMe Write and Read on registered buffers, the read marked idempotent.
+    Passthru,
+}
+
 #[test]
 fn writes_wait_out_cqt_and_reads_go_at_once() {
+    for form in [Form::Owned, Form::Registered, Form::Passthru] {
+        write_waits_out_cqt_read_goes_at_once(form);
+    }
+}
+
+fn write_waits_out_cqt_read_goes_at_once(form: Form) {
     let w = world(400);
     let _control =
         MpathControl::new(std::slice::from_ref(&w.ns), ReconnectOptions::default()).spawn();
@@ -330,8 +347,46 @@ fn writes_wait_out_cqt_and_reads_go_at_once() {
         c1.stats().io(NvmOpcode::READ.0),
     );
     let start = Instant::now();
-    ch.submit(IoDesc::write(64, IO_BLOCKS, wbuf, 1)).unwrap();
-    ch.submit(IoDesc::read(128, IO_BLOCKS, rbuf, 2)).unwrap();
+    match form {
+        Form::Owned => {
+            ch.submit(IoDesc::write(64, IO_BLOCKS, wbuf, 1)).unwrap();
+            ch.submit(IoDesc::read(128, IO_BLOCKS, rbuf, 2)).unwrap();
+        }
+        Form::Registered | Form::Passthru => {
+            ch.register_buffers(vec![wbuf, rbuf].into()).unwrap();
+            let rw = |write: bool, lba: u64| {
+                if let Form::Registered = form {
+                    return if write {
+                        IoKind::Write {
+                            lba,
+                            blocks: IO_BLOCKS,
+                        }
+                    } else {
+                        IoKind::Read {
+                            lba,
+                            blocks: IO_BLOCKS,
+                        }
+                    };
+                }
+                let opcode = if write {
+                    NvmOpcode::WRITE
+                } else {
+                    NvmOpcode::READ
+                };
+                IoKind::Passthru {
+                    cmd: vfnvme::PassthruCmd {
+                        opcode: opcode.0,
+                        nsid: 1,
+                        cdw10_15: [lba as u32, (lba >> 32) as u32, IO_BLOCKS - 1, 0, 0, 0],
+                        ..Default::default()
+                    },
+                    idempotent: !write,
+                }
+            };
+            ch.submit_fixed(rw(true, 64), 0, 1).unwrap();
+            ch.submit_fixed(rw(false, 128), 1, 2).unwrap();
+        }
+    }
     let mut done = Vec::new();
     // Both fail on path 0 at once (inline sim); the read is resent on path 1 within a few polls.
     for _ in 0..100 {
@@ -340,27 +395,30 @@ fn writes_wait_out_cqt_and_reads_go_at_once() {
     assert_eq!(
         c1.stats().io(NvmOpcode::READ.0),
         r1 + 1,
-        "read resent at once"
+        "{form:?}: read resent at once"
     );
     if start.elapsed() < Duration::from_millis(400) {
         assert_eq!(
             c1.stats().io(NvmOpcode::WRITE.0),
             w1,
-            "write held back during CQT"
+            "{form:?}: write held back during CQT"
         );
     }
     while done.len() < 2 {
         ch.poll(8, |c| done.push((c.tag, start.elapsed(), c.result.is_ok())));
         assert!(start.elapsed() < Duration::from_secs(10));
     }
-    assert!(done.iter().all(|d| d.2), "both succeeded on path 1");
+    assert!(
+        done.iter().all(|d| d.2),
+        "{form:?}: both succeeded on path 1"
+    );
     let write_done = done.iter().find(|d| d.0 == 1).unwrap().1;
     assert!(
         write_done >= Duration::from_millis(400),
-        "write resent only after CQT ({write_done:?})"
+        "{form:?}: write resent only after CQT ({write_done:?})"
     );
-    assert_eq!(c1.stats().io(NvmOpcode::WRITE.0), w1 + 1);
-    assert!(ch.stats().quiesce_waits >= 1);
+    assert_eq!(c1.stats().io(NvmOpcode::WRITE.0), w1 + 1, "{form:?}");
+    assert!(ch.stats().quiesce_waits >= 1, "{form:?}");
 }
 
 #[test]
