@@ -3,7 +3,7 @@
 //! through a `QueuePair` (`qp`: a `u64` tag per command; `qpd`: the same 24-byte descriptor per
 //! command that the channel keeps, written into the queue pair's record the same way, as an
 //! application that remembers what each command was must) or a `Channel` (`ch`: registered
-//! buffers, `submit_fixed` per command; `chs`: the same through a `Submitter` per run after a
+//! buffers, `submit_rw` per command; `chs`: the same through a `Submitter` per run after a
 //! poll, or `Turns` where the policy is round-robin over several paths). Every loop checks
 //! every completion's status, as any application must (the channel does it for its own
 //! disposition), and the example fails if one is an error.
@@ -25,7 +25,7 @@ use std::time::Instant;
 use vfnvme::sim::{NsConfig, SimSubsystem};
 use vfnvme::{Controller, ControllerOptions, NsInfo, QueueOptions, QueuePair};
 use vfnvme_hugepages::{DmaBuf, DmaPool, PagePolicy};
-use vfnvme_mpath::{Channel, ChannelOptions, IoKind, Policy, Run, Subsystem};
+use vfnvme_mpath::{Channel, ChannelOptions, Policy, Run, Subsystem};
 
 const QD: usize = 32;
 
@@ -220,8 +220,7 @@ fn run_qpd(qp: &mut QueuePair<Desc>, ns: &NsInfo, bufs: &[DmaBuf], n: u64) -> u6
 fn run_ch<const SUBMITTER: bool>(ch: &mut Channel, n: u64) -> u64 {
     let (mut done, mut sent, mut errors) = (0u64, 0u64, 0u64);
     for i in 0..(QD as u64).min(n) {
-        let kind = IoKind::Read { lba: i, blocks: 1 };
-        ch.submit_fixed(kind, i as u32, i).unwrap();
+        ch.submit_rw(false, i, 1, i as u32, i).unwrap();
         sent += 1;
     }
     let mut ready = Vec::with_capacity(QD);
@@ -234,7 +233,7 @@ fn run_ch<const SUBMITTER: bool>(ch: &mut Channel, n: u64) -> u64 {
         if SUBMITTER {
             // The run after a poll through one Submitter (or, for round-robin over several
             // paths, through its Turns); what it does not take (nothing, here) goes through
-            // submit_fixed once the run is dropped.
+            // submit_rw once the run is dropped.
             let ran = match ch.submitter() {
                 Some(mut s) => {
                     run_reads(&mut s, &mut ready, &mut left, &mut done, &mut sent, n);
@@ -249,22 +248,14 @@ fn run_ch<const SUBMITTER: bool>(ch: &mut Channel, n: u64) -> u64 {
             }
             for t in left.drain(..) {
                 // Counted as done above; sent < n was checked there.
-                let kind = IoKind::Read {
-                    lba: sent & 0xffff,
-                    blocks: 1,
-                };
-                ch.submit_fixed(kind, t as u32, t).unwrap();
+                ch.submit_rw(false, sent & 0xffff, 1, t as u32, t).unwrap();
                 sent += 1;
             }
         }
         for t in ready.drain(..) {
             done += 1;
             if sent < n {
-                let kind = IoKind::Read {
-                    lba: sent & 0xffff,
-                    blocks: 1,
-                };
-                ch.submit_fixed(kind, t as u32, t).unwrap();
+                ch.submit_rw(false, sent & 0xffff, 1, t as u32, t).unwrap();
                 sent += 1;
             }
         }

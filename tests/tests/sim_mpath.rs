@@ -540,6 +540,11 @@ fn registered_buffers_fail_over_too() {
         ),
         Err(RefuseReason::Invalid(_))
     ));
+    assert!(matches!(
+        ch.submit_rw(true, 0, IO_BLOCKS, 8, 0),
+        Err(RefuseReason::Invalid(_))
+    ));
+    assert_eq!(ch.outstanding(), 0, "a refused command is not held");
     w.sim.controller(0).faults().fail_matching(
         FaultMatch::io(),
         Status::new(sct::PATH, path::INTERNAL_PATH_ERROR),
@@ -564,7 +569,13 @@ fn registered_buffers_fail_over_too() {
                     blocks: IO_BLOCKS,
                 }
             };
-            ch.submit_fixed(kind, i, 100 + i as u64).unwrap();
+            // Half through each entry point: both must fail over alike.
+            if i % 2 == 0 {
+                ch.submit_fixed(kind, i, 100 + i as u64).unwrap();
+            } else {
+                ch.submit_rw(write, lba, IO_BLOCKS, i, 100 + i as u64)
+                    .unwrap();
+            }
         }
         let mut seen = HashSet::new();
         let start = Instant::now();
@@ -755,6 +766,10 @@ fn registered_buffers_backpressure_and_passthrough() {
         .unwrap();
     assert_eq!(
         ch.submit_fixed(write(512 + 2 * IO_BLOCKS as u64), 2, 3),
+        Err(RefuseReason::Full)
+    );
+    assert_eq!(
+        ch.submit_rw(true, 512 + 2 * IO_BLOCKS as u64, IO_BLOCKS, 2, 3),
         Err(RefuseReason::Full)
     );
     assert_eq!(

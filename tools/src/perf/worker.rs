@@ -32,7 +32,7 @@ use vfnvme::spec::Status;
 use vfnvme::{NsInfo, Outcome, QueueOptions, QueuePair};
 use vfnvme_hugepages::{DmaBuf, DmaCache, DmaPool};
 use vfnvme_mpath::channel::RefuseReason;
-use vfnvme_mpath::{Channel, ChannelOptions, IoError, IoKind, Policy, Run};
+use vfnvme_mpath::{Channel, ChannelOptions, IoError, Policy, Run};
 
 use super::args::Workload;
 use super::rng::{mix, percent_threshold, WyRand};
@@ -496,19 +496,16 @@ impl Queues {
                     slot,
                 } = io;
                 let tag = slot as u64;
-                let kind = if write {
-                    IoKind::Write { lba, blocks }
-                } else {
-                    IoKind::Read { lba, blocks }
-                };
-                chs[q].submit_fixed(kind, slot, tag).map_err(|r| match r {
-                    RefuseReason::Full => SubmitFail::Full,
-                    RefuseReason::NoPath => SubmitFail::Hard(Fail::NoPath),
-                    RefuseReason::Invalid(why) => {
-                        log::error!("submission refused: {why}");
-                        SubmitFail::Hard(Fail::Refused)
-                    }
-                })
+                chs[q]
+                    .submit_rw(write, lba, blocks, slot, tag)
+                    .map_err(|r| match r {
+                        RefuseReason::Full => SubmitFail::Full,
+                        RefuseReason::NoPath => SubmitFail::Hard(Fail::NoPath),
+                        RefuseReason::Invalid(why) => {
+                            log::error!("submission refused: {why}");
+                            SubmitFail::Hard(Fail::Refused)
+                        }
+                    })
             }
             _ => unreachable!("a run loop for queues of kinds {K} met another"),
         }
