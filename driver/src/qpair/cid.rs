@@ -132,11 +132,18 @@ impl<T> CidTable<T> {
     where
         T: Copy,
     {
+        *self.free_in_place(slot)
+    }
+
+    /// Frees a slot checked by [`CidTable::check`], as [`CidTable::free`], and lends its record
+    /// where it lies: a caller that reads only some of it loads only that, when it needs it.
+    #[inline]
+    pub fn free_in_place(&mut self, slot: usize) -> &T {
         let s = &mut self.slots[slot];
         debug_assert!(s.busy);
         s.busy = false;
         self.free.push(slot as u16);
-        s.value
+        &s.value
     }
 
     /// True if `slot` holds a command in flight.
@@ -185,6 +192,25 @@ mod tests {
         assert_eq!(t.check(100), Err(CidFault::Unknown));
         assert_eq!(t.check(0xffff), Err(CidFault::Unknown));
         assert_eq!(t.in_flight(), 4);
+    }
+
+    #[test]
+    fn freeing_in_place_frees_as_freeing_does_and_lends_the_record() {
+        let mut t: CidTable<[u64; 3]> = CidTable::new(2);
+        let a = t.alloc([1, 2, 3]).unwrap();
+        let b = t.alloc([4, 5, 6]).unwrap();
+        let slot = t.check(b).unwrap();
+        assert_eq!(*t.free_in_place(slot), [4, 5, 6]);
+        assert_eq!(t.check(b), Err(CidFault::NotInFlight), "freed");
+        assert_eq!((t.free_count(), t.in_flight()), (1, 1));
+        assert_eq!(
+            t.check(a).map(|s| *t.get(s)),
+            Ok([1, 2, 3]),
+            "the other untouched"
+        );
+        let c = t.alloc([7, 8, 9]).unwrap();
+        assert_eq!(c & SLOT_MASK, b & SLOT_MASK, "the slot is taken again");
+        assert_eq!(t.check(c).map(|s| *t.get(s)), Ok([7, 8, 9]));
     }
 
     #[test]
