@@ -299,6 +299,37 @@ fn fired(w: &World) -> u64 {
         .sum()
 }
 
+/// A registered-buffer read (`write` false) or write of `IO_BLOCKS` blocks at `lba`.
+fn rw_kind(write: bool, lba: u64) -> IoKind {
+    if write {
+        IoKind::Write {
+            lba,
+            blocks: IO_BLOCKS,
+        }
+    } else {
+        IoKind::Read {
+            lba,
+            blocks: IO_BLOCKS,
+        }
+    }
+}
+
+/// The raw NVMe Read (`write` false) or Write of `IO_BLOCKS` blocks at `lba`, naming nsid 1
+/// (rewritten per path) and the LBA in CDW10-11.
+fn raw_rw(write: bool, lba: u64) -> vfnvme::PassthruCmd {
+    let opcode = if write {
+        NvmOpcode::WRITE
+    } else {
+        NvmOpcode::READ
+    };
+    vfnvme::PassthruCmd {
+        opcode: opcode.0,
+        nsid: 1,
+        cdw10_15: [lba as u32, (lba >> 32) as u32, IO_BLOCKS - 1, 0, 0, 0],
+        ..Default::default()
+    }
+}
+
 /// How [`writes_wait_out_cqt_and_reads_go_at_once`] submits its write and its read.
 #[derive(Clone, Copy, Debug)]
 enum Form {
@@ -354,34 +385,12 @@ fn write_waits_out_cqt_read_goes_at_once(form: Form) {
         }
         Form::Registered | Form::Passthru => {
             ch.register_buffers(vec![wbuf, rbuf].into()).unwrap();
-            let rw = |write: bool, lba: u64| {
-                if let Form::Registered = form {
-                    return if write {
-                        IoKind::Write {
-                            lba,
-                            blocks: IO_BLOCKS,
-                        }
-                    } else {
-                        IoKind::Read {
-                            lba,
-                            blocks: IO_BLOCKS,
-                        }
-                    };
-                }
-                let opcode = if write {
-                    NvmOpcode::WRITE
-                } else {
-                    NvmOpcode::READ
-                };
-                IoKind::Passthru {
-                    cmd: vfnvme::PassthruCmd {
-                        opcode: opcode.0,
-                        nsid: 1,
-                        cdw10_15: [lba as u32, (lba >> 32) as u32, IO_BLOCKS - 1, 0, 0, 0],
-                        ..Default::default()
-                    },
+            let rw = |write: bool, lba: u64| match form {
+                Form::Registered => rw_kind(write, lba),
+                _ => IoKind::Passthru {
+                    cmd: raw_rw(write, lba),
                     idempotent: !write,
-                }
+                },
             };
             ch.submit_fixed(rw(true, 64), 0, 1).unwrap();
             ch.submit_fixed(rw(false, 128), 1, 2).unwrap();
@@ -558,20 +567,10 @@ fn registered_buffers_fail_over_too() {
             } else {
                 bufs[i as usize].fill(0, IO_BYTES, 0);
             }
-            let kind = if write {
-                IoKind::Write {
-                    lba,
-                    blocks: IO_BLOCKS,
-                }
-            } else {
-                IoKind::Read {
-                    lba,
-                    blocks: IO_BLOCKS,
-                }
-            };
             // Half through each entry point: both must fail over alike.
             if i % 2 == 0 {
-                ch.submit_fixed(kind, i, 100 + i as u64).unwrap();
+                ch.submit_fixed(rw_kind(write, lba), i, 100 + i as u64)
+                    .unwrap();
             } else {
                 ch.submit_rw(write, lba, IO_BLOCKS, i, 100 + i as u64)
                     .unwrap();
@@ -752,10 +751,7 @@ fn registered_buffers_backpressure_and_passthrough() {
         got.sort_by_key(|g| g.0);
         got
     };
-    let write = |lba| IoKind::Write {
-        lba,
-        blocks: IO_BLOCKS,
-    };
+    let write = |lba| rw_kind(true, lba);
     // Act 1: two writes fill the channel; a third is refused with Full, and goes in once they
     // have completed.
     for i in 0..3u64 {
@@ -784,15 +780,9 @@ fn registered_buffers_backpressure_and_passthrough() {
     for i in 0..2u64 {
         bufs[i as usize].fill(0, IO_BYTES, 0);
         let lba = 512 + (i + 1) * IO_BLOCKS as u64;
-        let cmd = vfnvme::PassthruCmd {
-            opcode: NvmOpcode::READ.0,
-            nsid: 1,
-            cdw10_15: [lba as u32, (lba >> 32) as u32, IO_BLOCKS - 1, 0, 0, 0],
-            ..Default::default()
-        };
         ch.submit_fixed(
             IoKind::Passthru {
-                cmd,
+                cmd: raw_rw(false, lba),
                 idempotent: true,
             },
             i as u32,
